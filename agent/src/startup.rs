@@ -1,0 +1,118 @@
+//! Getting the probes running for a target selection: the host checks,
+//! reading the kernel layout, loading, and seeding the in-kernel tracked set
+//! from /proc so processes that existed before the agent are followed too.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
+use forkwatch_common::ListenSocket;
+use tracing::{info, warn};
+
+use crate::{
+    discovery::{self, ProcInfo},
+    kernel::{btf::Btf, layout, tracefs},
+    privileges,
+    probes::loader::{LoadOptions, Probes},
+    targets::{Selection, Target},
+};
+
+pub struct Started {
+    pub probes: Probes,
+    pub layout: layout::Layout,
+    pub tracefs: PathBuf,
+    /// What /proc showed when seeding finished.
+    pub procs: BTreeMap<u32, ProcInfo>,
+    /// Tracked pids and their server at start.
+    pub seeded: HashMap<u32, u32>,
+}
+
+/// The host checks that stop the agent with one clear line when they fail.
+pub fn preflight() -> anyhow::Result<(PathBuf, layout::Layout)> {
+    privileges::require()?;
+    let (tracefs, mounted) = tracefs::ensure_mounted()?;
+    if mounted {
+        info!("tracefs was not mounted; mounted it at {}", tracefs.display());
+    }
+    let btf = Btf::from_sys_fs().context(
+        "kernel BTF is missing: forkwatch needs /sys/kernel/btf/vmlinux \
+         (a kernel built with CONFIG_DEBUG_INFO_BTF=y, standard on current distributions)",
+    )?;
+    let layout = layout::read(&btf, &tracefs);
+    Ok((tracefs, layout))
+}
+
+/// Loads the probes and seeds them with the selection's processes.
+pub fn start(selection: &Selection, mut opts: LoadOptions) -> anyhow::Result<Started> {
+    let (tracefs, layout) = preflight()?;
+    opts.track_all = selection.track_all();
+    let mut probes = Probes::load(&layout, &opts)?;
+    for (cap, why) in &probes.disabled {
+        warn!(capability = %cap, "capability disabled: {why} ({})", cap.loss());
+    }
+    for (server, (target, _)) in selection.targets.iter().enumerate() {
+        match target {
+            Target::Comm(comm) => probes.add_comm_target(comm, server as u32)?,
+            Target::Cgroup { id, .. } => probes.add_cgroup_target(*id, server as u32)?,
+            Target::Pid(_) | Target::All => {}
+        }
+    }
+    let (procs, seeded) = seed(selection, &mut probes, &opts);
+    Ok(Started {
+        probes,
+        layout,
+        tracefs,
+        procs,
+        seeded,
+    })
+}
+
+/// Adds the selection's processes to the kernel's tracked set. The probes
+/// are attached first, so a process forked by a tracked one during seeding
+/// is tracked by the kernel; a second look catches children of processes
+/// seeded after /proc was read. Bounded: a few rounds.
+fn seed(
+    selection: &Selection,
+    probes: &mut Probes,
+    opts: &LoadOptions,
+) -> (BTreeMap<u32, ProcInfo>, HashMap<u32, u32>) {
+    let mut seeded: HashMap<u32, u32> = HashMap::new();
+    let mut procs = BTreeMap::new();
+    for _round in 0..3 {
+        procs = discovery::all();
+        let want = selection.resolve(&procs);
+        let new: Vec<(u32, u32)> = want
+            .iter()
+            .filter(|(pid, _)| !seeded.contains_key(pid))
+            .map(|(&p, &s)| (p, s))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for (pid, server) in new {
+            if !opts.track_all {
+                let start = procs.get(&pid).map_or(0, |p| p.start_ns);
+                if let Err(e) = probes.track(pid, start, server) {
+                    warn!("{e:#}");
+                    continue;
+                }
+            }
+            seeded.insert(pid, server);
+        }
+    }
+    let pids: HashSet<u32> = seeded.keys().copied().collect();
+    for (pid, _fd, inode, sock) in discovery::listen_fd_holders(&pids) {
+        let server = seeded.get(&pid).copied().unwrap_or(0);
+        let value = ListenSocket {
+            server,
+            port: sock.port,
+            family: sock.family,
+        };
+        if let Err(e) = probes.add_listen_socket(inode, value) {
+            warn!("{e:#}");
+        }
+    }
+    (procs, seeded)
+}
