@@ -38,5 +38,6 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// Seconds since the Unix epoch.
 pub fn unix_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -87,7 +87,11 @@ pub fn with_descendants(procs: &BTreeMap<u32, ProcInfo>, roots: &HashSet<u32>) -
         children.entry(p.ppid).or_default().push(p.pid);
     }
     let mut out = HashSet::new();
-    let mut stack: Vec<u32> = roots.iter().copied().filter(|p| procs.contains_key(p)).collect();
+    let mut stack: Vec<u32> = roots
+        .iter()
+        .copied()
+        .filter(|p| procs.contains_key(p))
+        .collect();
     while let Some(pid) = stack.pop() {
         if out.insert(pid) {
             stack.extend(children.get(&pid).into_iter().flatten());

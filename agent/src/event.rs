@@ -81,7 +81,10 @@ impl ExitStatus {
     /// Whether this status reports the end of the process (so a wait that
     /// returned it reaped the child, unless WNOWAIT).
     pub fn is_exit(self) -> bool {
-        matches!(self, ExitStatus::Exited { .. } | ExitStatus::Signaled { .. })
+        matches!(
+            self,
+            ExitStatus::Exited { .. } | ExitStatus::Signaled { .. }
+        )
     }
 }
 
@@ -586,8 +589,14 @@ mod tests {
 
     #[test]
     fn wait_status_words() {
-        assert_eq!(ExitStatus::from_wait_status(0), ExitStatus::Exited { code: 0 });
-        assert_eq!(ExitStatus::from_wait_status(0x0100), ExitStatus::Exited { code: 1 });
+        assert_eq!(
+            ExitStatus::from_wait_status(0),
+            ExitStatus::Exited { code: 0 }
+        );
+        assert_eq!(
+            ExitStatus::from_wait_status(0x0100),
+            ExitStatus::Exited { code: 1 }
+        );
         assert_eq!(
             ExitStatus::from_wait_status(0x8b),
             ExitStatus::Signaled {
@@ -595,7 +604,10 @@ mod tests {
                 core_dumped: true
             }
         );
-        assert_eq!(ExitStatus::from_wait_status(0x137f), ExitStatus::Stopped { signal: 19 });
+        assert_eq!(
+            ExitStatus::from_wait_status(0x137f),
+            ExitStatus::Stopped { signal: 19 }
+        );
         assert_eq!(ExitStatus::from_wait_status(0xffff), ExitStatus::Continued);
     }
 

@@ -53,7 +53,10 @@ pub fn require() -> anyhow::Result<()> {
         return Ok(());
     }
     let names: Vec<_> = missing.iter().map(|m| m.cap).collect();
-    let whys: Vec<_> = missing.iter().map(|m| format!("{} {}", m.cap, m.why)).collect();
+    let whys: Vec<_> = missing
+        .iter()
+        .map(|m| format!("{} {}", m.cap, m.why))
+        .collect();
     anyhow::bail!(
         "missing capabilities: {} (needs {}); run as root, or grant them, e.g. \
          `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep forkwatch`",

@@ -34,7 +34,10 @@ pub fn preflight() -> anyhow::Result<(PathBuf, layout::Layout)> {
     privileges::require()?;
     let (tracefs, mounted) = tracefs::ensure_mounted()?;
     if mounted {
-        info!("tracefs was not mounted; mounted it at {}", tracefs.display());
+        info!(
+            "tracefs was not mounted; mounted it at {}",
+            tracefs.display()
+        );
     }
     let btf = Btf::from_sys_fs().context(
         "kernel BTF is missing: forkwatch needs /sys/kernel/btf/vmlinux \

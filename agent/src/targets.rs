@@ -109,13 +109,17 @@ impl Selection {
 
     /// The server a process matches directly (not through an ancestor).
     pub fn matches(&self, p: &ProcInfo) -> Option<u32> {
-        self.targets.iter().position(|(t, _)| match t {
-            Target::Pid(pid) => p.pid == *pid,
-            Target::Comm(c) => p.comm == *c,
-            Target::Cgroup { path, .. } => p.cgroup.as_deref().is_some_and(|cg| in_cgroup(cg, path)),
-            Target::All => true,
-        })
-        .map(|i| i as u32)
+        self.targets
+            .iter()
+            .position(|(t, _)| match t {
+                Target::Pid(pid) => p.pid == *pid,
+                Target::Comm(c) => p.comm == *c,
+                Target::Cgroup { path, .. } => {
+                    p.cgroup.as_deref().is_some_and(|cg| in_cgroup(cg, path))
+                }
+                Target::All => true,
+            })
+            .map(|i| i as u32)
     }
 
     /// The processes to track among `procs`: the ones a target matches and
@@ -149,7 +153,9 @@ impl Selection {
 fn in_cgroup(cg: &str, target: &str) -> bool {
     target == "/"
         || cg == target
-        || cg.strip_prefix(target).is_some_and(|rest| rest.starts_with('/'))
+        || cg
+            .strip_prefix(target)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The cgroup v2 path relative to the hierarchy root and its id (the
@@ -175,7 +181,11 @@ pub fn cgroup_id(path: &Path) -> anyhow::Result<(String, u64)> {
         .strip_prefix(CGROUP2_ROOT)
         .map(|r| format!("/{}", r.display()))
         .unwrap_or_else(|_| "/".into());
-    let rel = if rel == "/" { rel } else { rel.trim_end_matches('/').to_string() };
+    let rel = if rel == "/" {
+        rel
+    } else {
+        rel.trim_end_matches('/').to_string()
+    };
     Ok((rel, meta.ino()))
 }
 
@@ -196,10 +206,16 @@ mod tests {
     }
 
     fn procs() -> BTreeMap<u32, ProcInfo> {
-        [p(1, 0, "init"), p(10, 1, "srv"), p(11, 10, "srv"), p(12, 11, "sh"), p(20, 1, "other")]
-            .into_iter()
-            .map(|i| (i.pid, i))
-            .collect()
+        [
+            p(1, 0, "init"),
+            p(10, 1, "srv"),
+            p(11, 10, "srv"),
+            p(12, 11, "sh"),
+            p(20, 1, "other"),
+        ]
+        .into_iter()
+        .map(|i| (i.pid, i))
+        .collect()
     }
 
     #[test]
@@ -238,7 +254,8 @@ mod tests {
         assert!(err.to_string().contains("no process with pid"), "{err}");
         let err = Selection::new(&[], &[], &[], false, None).unwrap_err();
         assert!(err.to_string().contains("no target"), "{err}");
-        let err = Selection::new(&[], &["a-very-long-process-name".into()], &[], false, None).unwrap_err();
+        let err = Selection::new(&[], &["a-very-long-process-name".into()], &[], false, None)
+            .unwrap_err();
         assert!(err.to_string().contains("15 bytes"), "{err}");
     }
 }

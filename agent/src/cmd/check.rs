@@ -68,13 +68,22 @@ pub fn run(load: bool) -> i32 {
 
     let missing = privileges::missing();
     if missing.is_empty() {
-        r.add(Status::Pass, "privileges", "CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE effective");
+        r.add(
+            Status::Pass,
+            "privileges",
+            "CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE effective",
+        );
     } else {
         for m in &missing {
             r.add(
                 Status::Fail,
                 "privileges",
-                format!("{} missing ({}); fix: run as root or `setcap {}+ep` the binary", m.cap, m.why, m.cap.to_lowercase()),
+                format!(
+                    "{} missing ({}); fix: run as root or `setcap {}+ep` the binary",
+                    m.cap,
+                    m.why,
+                    m.cap.to_lowercase()
+                ),
             );
         }
     }
@@ -96,11 +105,19 @@ pub fn run(load: bool) -> i32 {
 
     let tracefs_root = match tracefs::ensure_mounted() {
         Ok((p, false)) => {
-            r.add(Status::Pass, "tracefs", format!("mounted at {}", p.display()));
+            r.add(
+                Status::Pass,
+                "tracefs",
+                format!("mounted at {}", p.display()),
+            );
             Some(p)
         }
         Ok((p, true)) => {
-            r.add(Status::Pass, "tracefs", format!("was not mounted; mounted it at {}", p.display()));
+            r.add(
+                Status::Pass,
+                "tracefs",
+                format!("was not mounted; mounted it at {}", p.display()),
+            );
             Some(p)
         }
         Err(e) => {
@@ -144,14 +161,26 @@ fn check_tracepoints(r: &mut Report, btf: &Btf, root: &Path, layout: &layout::La
         if present {
             r.add(Status::Pass, &item, format!("({})", probe.capability));
         } else if probe.optional {
-            r.add(Status::Info, &item, "absent on this architecture/kernel; not needed");
+            r.add(
+                Status::Info,
+                &item,
+                "absent on this architecture/kernel; not needed",
+            );
         } else if probe.capability == Capability::Lifecycle {
-            r.add(Status::Fail, &item, "missing: forkwatch cannot follow processes without it");
+            r.add(
+                Status::Fail,
+                &item,
+                "missing: forkwatch cannot follow processes without it",
+            );
         } else {
             r.add(
                 Status::Warn,
                 &item,
-                format!("missing: {} disabled ({})", probe.capability, probe.capability.loss()),
+                format!(
+                    "missing: {} disabled ({})",
+                    probe.capability,
+                    probe.capability.loss()
+                ),
             );
         }
     }
@@ -170,7 +199,11 @@ fn check_capabilities(r: &mut Report, layout: &layout::Layout) {
     for cap in Capability::ALL {
         let item = format!("capability {cap}");
         match layout.missing.get(&cap) {
-            None => r.add(Status::Pass, &item, "kernel layout found (BTF, tracefs formats)"),
+            None => r.add(
+                Status::Pass,
+                &item,
+                "kernel layout found (BTF, tracefs formats)",
+            ),
             Some(why) if cap == Capability::Lifecycle => {
                 r.add(Status::Fail, &item, why.join("; "));
             }
@@ -203,7 +236,11 @@ fn check_load(r: &mut Report, layout: &layout::Layout) {
             );
             for (cap, why) in &p.disabled {
                 if !layout.missing.contains_key(cap) {
-                    r.add(Status::Warn, &format!("capability {cap}"), format!("attach failed: {why}"));
+                    r.add(
+                        Status::Warn,
+                        &format!("capability {cap}"),
+                        format!("attach failed: {why}"),
+                    );
                 }
             }
         }

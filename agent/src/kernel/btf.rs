@@ -78,17 +78,45 @@ struct Member {
 #[derive(Debug, Clone)]
 enum Type {
     Void,
-    Int { name_off: u32, size: u32 },
-    Ptr { target: u32 },
-    Array { elem: u32, nelems: u32 },
-    Aggregate { is_union: bool, name_off: u32, size: u32, members: Vec<Member> },
-    Enum { name_off: u32, size: u32 },
-    Fwd { name_off: u32 },
-    Typedef { name_off: u32, target: u32 },
+    Int {
+        name_off: u32,
+        size: u32,
+    },
+    Ptr {
+        target: u32,
+    },
+    Array {
+        elem: u32,
+        nelems: u32,
+    },
+    Aggregate {
+        is_union: bool,
+        name_off: u32,
+        size: u32,
+        members: Vec<Member>,
+    },
+    Enum {
+        name_off: u32,
+        size: u32,
+    },
+    Fwd {
+        name_off: u32,
+    },
+    Typedef {
+        name_off: u32,
+        target: u32,
+    },
     /// volatile, const, restrict, type tags: transparent for layout.
-    Modifier { target: u32 },
-    FuncProto { params: Vec<u32> },
-    Float { name_off: u32, size: u32 },
+    Modifier {
+        target: u32,
+    },
+    FuncProto {
+        params: Vec<u32>,
+    },
+    Float {
+        name_off: u32,
+        size: u32,
+    },
     /// Kinds the agent never looks at (functions, variables, sections, tags).
     Other,
 }
@@ -186,7 +214,9 @@ impl Btf {
                 _ => return Ok(id),
             }
         }
-        Err(BtfError::Malformed(format!("typedef chain too long at {id}")))
+        Err(BtfError::Malformed(format!(
+            "typedef chain too long at {id}"
+        )))
     }
 
     /// Size in bytes of a type.
@@ -207,7 +237,9 @@ impl Btf {
     pub fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
         self.types
             .iter()
-            .position(|t| matches!(t, Type::Aggregate { name_off, .. } if self.name(*name_off) == name))
+            .position(
+                |t| matches!(t, Type::Aggregate { name_off, .. } if self.name(*name_off) == name),
+            )
             .map(|i| i as u32)
             .ok_or_else(|| BtfError::NoStruct(name.to_string()))
     }
@@ -301,14 +333,18 @@ impl Btf {
         let id = self
             .types
             .iter()
-            .position(|t| matches!(t, Type::Typedef { name_off, .. } if self.name(*name_off) == typedef))
+            .position(
+                |t| matches!(t, Type::Typedef { name_off, .. } if self.name(*name_off) == typedef),
+            )
             .ok_or_else(|| BtfError::NoTracepoint(name.to_string()))? as u32;
         let ptr = self.resolve(id)?;
         let Type::Ptr { target } = self.get(ptr)? else {
             return Err(BtfError::Malformed(format!("{typedef} is not a pointer")));
         };
         let Type::FuncProto { params } = self.get(self.resolve(*target)?)? else {
-            return Err(BtfError::Malformed(format!("{typedef} is not a function pointer")));
+            return Err(BtfError::Malformed(format!(
+                "{typedef} is not a function pointer"
+            )));
         };
         Ok(params.iter().skip(1).map(|&p| self.type_name(p)).collect())
     }
@@ -326,7 +362,9 @@ impl Btf {
             Type::Typedef { name_off, .. } => self.name(*name_off).to_string(),
             Type::Ptr { target } => format!("{} *", self.type_name(*target)),
             Type::Array { elem, nelems } => format!("{}[{nelems}]", self.type_name(*elem)),
-            Type::Aggregate { is_union, name_off, .. } => {
+            Type::Aggregate {
+                is_union, name_off, ..
+            } => {
                 let kw = if *is_union { "union" } else { "struct" };
                 format!("{kw} {}", self.name(*name_off))
             }
@@ -410,7 +448,11 @@ fn parse_type(b: &[u8], pos: usize) -> Result<(Type, usize), BtfError> {
             size: size_or_type,
         },
         kind::FUNC | kind::VAR | kind::DATASEC | kind::DECL_TAG => Type::Other,
-        other => return Err(BtfError::Malformed(format!("unknown kind {other} at {pos}"))),
+        other => {
+            return Err(BtfError::Malformed(format!(
+                "unknown kind {other} at {pos}"
+            )));
+        }
     };
     let extra = match kind {
         kind::INT | kind::VAR | kind::DECL_TAG => 4,
@@ -420,7 +462,9 @@ fn parse_type(b: &[u8], pos: usize) -> Result<(Type, usize), BtfError> {
         _ => 0,
     };
     if body + extra > b.len() {
-        return Err(BtfError::Malformed(format!("type at {pos} runs past the end")));
+        return Err(BtfError::Malformed(format!(
+            "type at {pos} runs past the end"
+        )));
     }
     Ok((ty, 12 + extra))
 }
@@ -456,7 +500,14 @@ pub(crate) mod tests {
             off
         }
 
-        fn push(&mut self, name: &str, kind: u32, vlen: u32, kflag: bool, size_or_type: u32) -> u32 {
+        fn push(
+            &mut self,
+            name: &str,
+            kind: u32,
+            vlen: u32,
+            kflag: bool,
+            size_or_type: u32,
+        ) -> u32 {
             let name_off = self.str(name);
             let info = (kind << 24) | vlen | if kflag { 1 << 31 } else { 0 };
             for w in [name_off, info, size_or_type] {
@@ -560,20 +611,53 @@ pub(crate) mod tests {
     #[test]
     fn finds_direct_nested_and_anonymous_members() {
         let btf = sample();
-        assert_eq!(btf.member("task_struct", "pid").unwrap(), Field { offset: 0, size: 4 });
-        assert_eq!(btf.member("task_struct", "hidden").unwrap(), Field { offset: 12, size: 4 });
-        assert_eq!(btf.member("task_struct", "ns.inum").unwrap(), Field { offset: 16, size: 4 });
-        assert_eq!(btf.member("task_struct", "start").unwrap(), Field { offset: 32, size: 8 });
+        assert_eq!(
+            btf.member("task_struct", "pid").unwrap(),
+            Field { offset: 0, size: 4 }
+        );
+        assert_eq!(
+            btf.member("task_struct", "hidden").unwrap(),
+            Field {
+                offset: 12,
+                size: 4
+            }
+        );
+        assert_eq!(
+            btf.member("task_struct", "ns.inum").unwrap(),
+            Field {
+                offset: 16,
+                size: 4
+            }
+        );
+        assert_eq!(
+            btf.member("task_struct", "start").unwrap(),
+            Field {
+                offset: 32,
+                size: 8
+            }
+        );
         assert_eq!(btf.struct_size("task_struct").unwrap(), 64);
     }
 
     #[test]
     fn reports_what_is_missing() {
         let btf = sample();
-        assert!(matches!(btf.member("task_struct", "nope"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.member("no_such", "pid"), Err(BtfError::NoStruct(_))));
-        assert!(matches!(btf.member("task_struct", "flag"), Err(BtfError::Bitfield { .. })));
-        assert!(matches!(btf.member("task_struct", "pid.x"), Err(BtfError::NotAggregate { .. })));
+        assert!(matches!(
+            btf.member("task_struct", "nope"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member("no_such", "pid"),
+            Err(BtfError::NoStruct(_))
+        ));
+        assert!(matches!(
+            btf.member("task_struct", "flag"),
+            Err(BtfError::Bitfield { .. })
+        ));
+        assert!(matches!(
+            btf.member("task_struct", "pid.x"),
+            Err(BtfError::NotAggregate { .. })
+        ));
     }
 
     #[test]
@@ -583,7 +667,10 @@ pub(crate) mod tests {
             btf.raw_tracepoint_params("demo").unwrap(),
             vec!["struct task_struct *".to_string(), "int".to_string()]
         );
-        assert!(matches!(btf.raw_tracepoint_params("nope"), Err(BtfError::NoTracepoint(_))));
+        assert!(matches!(
+            btf.raw_tracepoint_params("nope"),
+            Err(BtfError::NoTracepoint(_))
+        ));
     }
 
     #[test]

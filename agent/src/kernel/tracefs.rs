@@ -56,13 +56,17 @@ pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
         Some("tracefs"),
         TRACEFS,
         Some("tracefs"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
     )
     .map_err(|e| TracefsError::NotMounted(e.desc().to_string()))?;
     match find() {
         Some(p) => Ok((p, true)),
-        None => Err(TracefsError::NotMounted("mounted, but no events directory".into())),
+        None => Err(TracefsError::NotMounted(
+            "mounted, but no events directory".into(),
+        )),
     }
 }
 
@@ -177,7 +181,11 @@ fn parse_field(line: &str) -> Result<FormatField, TracefsError> {
     if name.is_empty() {
         return Err(bad());
     }
-    let ctype = format!("{}{}", without_array[..split].trim_end(), &decl[without_array.len()..]);
+    let ctype = format!(
+        "{}{}",
+        without_array[..split].trim_end(),
+        &decl[without_array.len()..]
+    );
     Ok(FormatField {
         name: name.to_string(),
         ctype: ctype.trim().to_string(),

@@ -159,7 +159,10 @@ pub const PROBES: &[Probe] = &[
 /// them (after the `void *` context). A kernel whose prototype differs gets
 /// that capability disabled rather than misread arguments.
 pub const RAW_PROTOTYPES: &[(&str, &[&str])] = &[
-    ("sched_process_fork", &["struct task_struct *", "struct task_struct *"]),
+    (
+        "sched_process_fork",
+        &["struct task_struct *", "struct task_struct *"],
+    ),
     (
         "sched_process_exec",
         &["struct task_struct *", "pid_t", "struct linux_binprm *"],
@@ -167,7 +170,13 @@ pub const RAW_PROTOTYPES: &[(&str, &[&str])] = &[
     ("sched_process_free", &["struct task_struct *"]),
     (
         "signal_generate",
-        &["int", "struct kernel_siginfo *", "struct task_struct *", "int", "int"],
+        &[
+            "int",
+            "struct kernel_siginfo *",
+            "struct task_struct *",
+            "int",
+            "int",
+        ],
     ),
     (
         "signal_deliver",

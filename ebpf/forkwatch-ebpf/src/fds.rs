@@ -213,14 +213,22 @@ pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_dup2")]
 pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
     let newfd = arg(&ctx, config!(sys.dup2_newfd));
-    let _ = dup_enter(DUP_SYSCALL_DUP2, arg(&ctx, config!(sys.dup2_oldfd)), Some(newfd));
+    let _ = dup_enter(
+        DUP_SYSCALL_DUP2,
+        arg(&ctx, config!(sys.dup2_oldfd)),
+        Some(newfd),
+    );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_dup3")]
 pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
     let newfd = arg(&ctx, config!(sys.dup3_newfd));
-    let _ = dup_enter(DUP_SYSCALL_DUP3, arg(&ctx, config!(sys.dup3_oldfd)), Some(newfd));
+    let _ = dup_enter(
+        DUP_SYSCALL_DUP3,
+        arg(&ctx, config!(sys.dup3_oldfd)),
+        Some(newfd),
+    );
     0
 }
 

@@ -6,10 +6,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use forkwatch_common::{
-    EXEC_FILENAME_TRUNCATED, EXEC_NEW_TARGET, EventKind, ExecEvent, ExitEvent,
-    FORK_SYSCALL_CLONE, FORK_SYSCALL_CLONE3, FORK_SYSCALL_FORK, FORK_SYSCALL_VFORK, FORK_THREAD,
-    FORK_UNTRACKED, FdEvent, ForkEvent, ForkFailedEvent, PR_SET_CHILD_SUBREAPER, ReleaseEvent,
-    SubreaperEvent, Tracked, counter,
+    EXEC_FILENAME_TRUNCATED, EXEC_NEW_TARGET, EventKind, ExecEvent, ExitEvent, FORK_SYSCALL_CLONE,
+    FORK_SYSCALL_CLONE3, FORK_SYSCALL_FORK, FORK_SYSCALL_VFORK, FORK_THREAD, FORK_UNTRACKED,
+    FdEvent, ForkEvent, ForkFailedEvent, PR_SET_CHILD_SUBREAPER, ReleaseEvent, SubreaperEvent,
+    Tracked, counter,
 };
 
 use crate::{
@@ -104,7 +104,11 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<i32> {
         // SAFETY: `ev` points at reserved ring-buffer memory of the right size.
         unsafe {
             (*ev).header = header(EventKind::Exec, tgid, tid, server);
-            (*ev).old_tid = if config!(pidns_nested) == 0 { old_pid as u32 } else { 0 };
+            (*ev).old_tid = if config!(pidns_nested) == 0 {
+                old_pid as u32
+            } else {
+                0
+            };
             (*ev).start_ns = start;
             (*ev).ppid = parent_tgid(task);
             (*ev)._pad = 0;
@@ -240,7 +244,9 @@ fn fork_failed(ctx: &TracePointContext, syscall: u32) -> u32 {
     if ret >= 0 {
         return 0;
     }
-    let Some((tgid, tid)) = current_ids() else { return 0 };
+    let Some((tgid, tid)) = current_ids() else {
+        return 0;
+    };
     let Some(t) = tracked(tgid) else { return 0 };
     emit(
         EventKind::ForkFailed,
@@ -282,7 +288,9 @@ pub fn sys_enter_prctl(ctx: TracePointContext) -> u32 {
     if option != PR_SET_CHILD_SUBREAPER {
         return 0;
     }
-    let Some((tgid, tid)) = current_ids() else { return 0 };
+    let Some((tgid, tid)) = current_ids() else {
+        return 0;
+    };
     let Some(t) = tracked(tgid) else { return 0 };
     let arg2: u64 = unsafe { ctx.read_at(config!(sys.prctl_arg2) as usize) }.unwrap_or(0);
     emit(

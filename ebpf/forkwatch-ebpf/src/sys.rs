@@ -50,4 +50,3 @@ pub fn unstash(syscall: u32) -> Option<Pending> {
 pub fn exit_ret(ctx: &TracePointContext) -> i64 {
     arg(ctx, config!(sys.exit_ret)) as i64
 }
-

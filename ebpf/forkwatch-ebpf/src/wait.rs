@@ -2,7 +2,9 @@
 //! with the status. Arguments are stashed at entry, results read at exit.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use forkwatch_common::{EventKind, WAIT_HAVE_STATUS, WAIT_SYSCALL_WAIT4, WAIT_SYSCALL_WAITID, WaitEvent};
+use forkwatch_common::{
+    EventKind, WAIT_HAVE_STATUS, WAIT_SYSCALL_WAIT4, WAIT_SYSCALL_WAITID, WaitEvent,
+};
 
 use crate::{
     config,
