@@ -202,6 +202,9 @@ pub enum Body {
         status: ExitStatus,
         start_ns: u64,
         comm: String,
+        /// The parent ignores SIGCHLD or set SA_NOCLDWAIT: the kernel
+        /// releases this process at once.
+        autoreaped: bool,
     },
     /// `pid` was released; `reaper` is its parent at that moment.
     Release {
@@ -385,6 +388,7 @@ impl Event {
                     status: ExitStatus::from_wait_status(e.exit_code),
                     start_ns: e.start_ns,
                     comm: cstr(&e.comm),
+                    autoreaped: e.flags & wire::EXIT_PARENT_AUTOREAPS != 0,
                 }
             }
             K::Release => {

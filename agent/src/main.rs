@@ -11,6 +11,7 @@ mod cmd;
 mod discovery;
 mod event;
 mod kernel;
+mod model;
 mod privileges;
 mod probes;
 mod startup;

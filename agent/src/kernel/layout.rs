@@ -296,6 +296,10 @@ fn read_kernel_offsets(btf: &Btf, layout: &mut Layout) {
             Err(e) => layout.miss(cap, e),
         }
     }
+    match btf.struct_size("k_sigaction") {
+        Ok(size) => layout.kernel.ksigaction_size = size,
+        Err(e) => layout.miss(Capability::Lifecycle, e),
+    }
     if nested {
         match btf.struct_size("upid") {
             Ok(size) => layout.kernel.upid_size = size,

@@ -172,8 +172,13 @@ fn parse_field(line: &str) -> Result<FormatField, TracefsError> {
         }
     }
     let decl = decl.ok_or_else(bad)?;
-    // The name is the last identifier of the declaration, before any `[N]`.
-    let without_array = decl.split('[').next().unwrap_or(decl).trim_end();
+    // The name is the last identifier of the declaration, before a
+    // trailing `[N]` (`char comm[16]`); a `[]` before the name belongs to
+    // the type (`__data_loc char[] comm`).
+    let without_array = match (decl.ends_with(']'), decl.rfind('[')) {
+        (true, Some(i)) => decl[..i].trim_end(),
+        _ => decl,
+    };
     let split = without_array
         .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .map_or(0, |i| i + 1);
