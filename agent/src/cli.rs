@@ -1,6 +1,6 @@
 //! The command line.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -31,6 +31,36 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: watch the targets, report findings as they open and
+    /// resolve, serve /metrics, /findings, /tree and /healthz.
+    Run {
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[command(flatten)]
+        probes: ProbeArgs,
+        /// A child exited and not reaped for longer than this is flagged.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        zombie_after: Duration,
+        /// A child still holding an inherited listening socket after this,
+        /// without closing or accepting on it, is flagged.
+        #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+        listen_grace: Duration,
+        /// Address of the HTTP endpoint (9867 is forkwatch's default port;
+        /// use 127.0.0.1:9867 to keep it local).
+        #[arg(long = "web.listen-address", default_value = ":9867", value_parser = crate::http::parse_listen_address)]
+        listen_address: std::net::SocketAddr,
+        /// Most findings open at once (a cap on memory; more are counted
+        /// in forkwatch_limit_reached_total{limit="findings"}).
+        #[arg(long, default_value_t = 10_000)]
+        max_open_findings: usize,
+        /// Resolved findings kept for /findings.
+        #[arg(long, default_value_t = 1_000)]
+        resolved_history: usize,
+        /// How often the agent checks its picture against /proc even when no
+        /// event was lost (it always does after a loss).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        reconcile_interval: Duration,
+    },
     /// Stream the decoded kernel events of the target processes as JSON lines.
     Events {
         #[command(flatten)]
@@ -79,6 +109,11 @@ pub struct ProbeArgs {
     /// Most processes tracked at once (in the kernel and in the agent).
     #[arg(long, default_value_t = 131_072)]
     pub max_processes: u32,
+}
+
+/// Parses a human duration: `250ms`, `2s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 250ms or 2s: {e}"))
 }
 
 /// Parses `4096`, `64KiB`, `8MiB`, `1GiB`; must be a power of two of at

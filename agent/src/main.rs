@@ -11,9 +11,13 @@ mod cmd;
 mod discovery;
 mod event;
 mod kernel;
+mod http;
+mod metrics;
 mod model;
+mod output;
 mod privileges;
 mod probes;
+mod procview;
 mod startup;
 mod targets;
 
@@ -54,23 +58,47 @@ fn main() {
     std::process::exit(code);
 }
 
+fn selection(t: &cli::TargetArgs) -> anyhow::Result<targets::Selection> {
+    targets::Selection::new(&t.pids, &t.comms, &t.cgroups, t.all, t.server_name.as_deref())
+}
+
+fn load_options(p: &cli::ProbeArgs) -> probes::loader::LoadOptions {
+    probes::loader::LoadOptions {
+        max_processes: p.max_processes,
+        ring_buffer_bytes: p.ring_buffer_size,
+        ..Default::default()
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Run {
+            targets,
+            probes,
+            zombie_after,
+            listen_grace,
+            listen_address,
+            max_open_findings,
+            resolved_history,
+            reconcile_interval,
+        } => {
+            let selection = selection(&targets)?;
+            let opts = cmd::run::RunOptions {
+                zombie_after,
+                listen_grace,
+                listen_address,
+                max_open_findings,
+                resolved_history,
+                reconcile_every: reconcile_interval,
+                log_format: cli.log_format,
+            };
+            tokio::runtime::Runtime::new()?.block_on(cmd::run::run(selection, load_options(&probes), opts))?;
+            Ok(0)
+        }
         Command::Check { no_load } => Ok(cmd::check::run(!no_load)),
         Command::Events { targets, probes } => {
-            let selection = targets::Selection::new(
-                &targets.pids,
-                &targets.comms,
-                &targets.cgroups,
-                targets.all,
-                targets.server_name.as_deref(),
-            )?;
-            let opts = probes::loader::LoadOptions {
-                max_processes: probes.max_processes,
-                ring_buffer_bytes: probes.ring_buffer_size,
-                ..Default::default()
-            };
-            tokio::runtime::Runtime::new()?.block_on(cmd::events::run(selection, opts))?;
+            let selection = selection(&targets)?;
+            tokio::runtime::Runtime::new()?.block_on(cmd::events::run(selection, load_options(&probes)))?;
             Ok(0)
         }
     }

@@ -54,8 +54,9 @@ pub async fn run(selection: Selection, opts: LoadOptions) -> anyhow::Result<()> 
     };
     loop {
         tokio::select! {
-            r = stream.drain(|b| write(b, &mut stdout.lock())) => {
+            r = stream.ready() => {
                 r?;
+                while stream.drain_now(4096, |b| write(b, &mut stdout.lock())) == 4096 {}
                 stdout.lock().flush()?;
             }
             _ = tick.tick() => {
@@ -79,7 +80,7 @@ pub async fn run(selection: Selection, opts: LoadOptions) -> anyhow::Result<()> 
         }
     }
     // What is already in the buffer still goes out.
-    stream.drain_now(|b| write(b, &mut stdout.lock()));
+    while stream.drain_now(4096, |b| write(b, &mut stdout.lock())) == 4096 {}
     stdout.lock().flush()?;
     Ok(())
 }

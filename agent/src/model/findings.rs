@@ -328,7 +328,7 @@ impl Findings {
         self.open.keys()
     }
 
-    pub fn resolved_findings(&self) -> impl Iterator<Item = &Finding> {
+    pub fn resolved_findings(&self) -> impl DoubleEndedIterator<Item = &Finding> {
         self.resolved.iter()
     }
 

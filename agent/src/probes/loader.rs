@@ -61,6 +61,7 @@ pub struct Probes {
     cgroup_targets: HashMap<MapData, u64, Target>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    ring_buffer_bytes: u32,
     /// Capabilities that could not be attached, and why.
     pub disabled: BTreeMap<Capability, String>,
     /// Programs attached, for `check` and logs.
@@ -76,6 +77,8 @@ pub struct ProbeCounters {
     pub pending_full: u64,
     pub listen_full: u64,
     pub read_errors: u64,
+    /// Most unconsumed bytes seen in the ring buffer since the last reset.
+    pub ring_high_water: u64,
 }
 
 impl ProbeCounters {
@@ -129,6 +132,7 @@ impl Probes {
             cgroup_targets: take(&mut ebpf, "CGROUP_TARGETS")?,
             counters: take(&mut ebpf, "COUNTERS")?,
             events: Some(take(&mut ebpf, "EVENTS")?),
+            ring_buffer_bytes: opts.ring_buffer_bytes,
             ebpf,
             logger,
             disabled: layout
@@ -283,7 +287,24 @@ impl Probes {
             pending_full: sum(counter::PENDING_FULL),
             listen_full: sum(counter::LISTEN_FULL),
             read_errors: sum(counter::READ_ERRORS),
+            ring_high_water: self
+                .counters
+                .get(&counter::RING_HIGH_WATER, 0)
+                .map(|v| v.iter().copied().max().unwrap_or(0))
+                .unwrap_or(0),
         }
+    }
+
+    /// Starts a new high-water period for the ring buffer fill.
+    pub fn reset_ring_high_water(&mut self) {
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        if let Ok(zeros) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
+            let _ = self.counters.set(counter::RING_HIGH_WATER, zeros, 0);
+        }
+    }
+
+    pub fn ring_buffer_bytes(&self) -> u32 {
+        self.ring_buffer_bytes
     }
 
     /// Forwards what the probes logged through aya-log.

@@ -1,6 +1,5 @@
 //! Draining the event ring buffer from the tokio runtime: the ring buffer's
-//! fd becomes readable when the probes submit, and each wake-up drains all
-//! that is there.
+//! fd becomes readable when the probes submit.
 
 use std::io;
 
@@ -19,25 +18,21 @@ impl EventStream {
         Ok(Self { fd })
     }
 
-    /// Waits for records, then hands each one to `f` until the buffer is
-    /// empty. Returns how many records were handled.
-    pub async fn drain(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<usize> {
+    /// Waits until the probes wrote something. Readiness is cleared before
+    /// returning, so a write that lands after this call (even while the
+    /// caller drains) wakes the next call: nothing is left behind.
+    pub async fn ready(&mut self) -> io::Result<()> {
         let mut guard = self.fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            f(&item);
-            n += 1;
-        }
         guard.clear_ready();
-        Ok(n)
+        Ok(())
     }
 
-    /// Handles whatever is in the buffer now, without waiting.
-    pub fn drain_now(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// Hands up to `max` records to `f`, without waiting; returns how many.
+    pub fn drain_now(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
         let ring = self.fd.get_mut();
         let mut n = 0;
-        while let Some(item) = ring.next() {
+        while n < max {
+            let Some(item) = ring.next() else { break };
             f(&item);
             n += 1;
         }

@@ -49,7 +49,12 @@ pub struct KernelOffsets {
     pub ksigaction_handler: u32,
     pub ksigaction_flags: u32,
     pub binprm_filename: u32,
-    pub _pad: u32,
+    pub task_sighand: u32,
+    /// `sighand_struct.action`: the array of `k_sigaction`, one per signal.
+    pub sighand_action: u32,
+    /// `sizeof(struct k_sigaction)`.
+    pub ksigaction_size: u32,
+    pub _pad: [u32; 2],
 }
 
 /// Offsets of the fields the probes read in `syscalls:sys_{enter,exit}_*`
@@ -104,9 +109,9 @@ pub struct ProbeConfig {
     pub sys: SyscallOffsets,
 }
 
-const _: () = assert!(size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 36 * 4);
 const _: () = assert!(size_of::<SyscallOffsets>() == 26 * 4);
-const _: () = assert!(size_of::<ProbeConfig>() == 24 + 32 * 4 + 26 * 4);
+const _: () = assert!(size_of::<ProbeConfig>() == 24 + 36 * 4 + 26 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

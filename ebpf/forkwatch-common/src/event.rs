@@ -200,7 +200,14 @@ pub struct ExitEvent {
     pub exit_code: u32,
     pub start_ns: u64,
     pub comm: [u8; COMM_LEN],
+    /// `EXIT_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
+
+/// `ExitEvent::flags`: the parent ignores SIGCHLD (SIG_IGN) or set
+/// SA_NOCLDWAIT, so the kernel releases this process at once (auto-reap).
+pub const EXIT_PARENT_AUTOREAPS: u32 = 1;
 
 /// `header.pid` was released: its parent waited for it, the kernel auto-reaped
 /// it, or its new parent (init, a subreaper) did. Fires from
@@ -413,7 +420,7 @@ pub const fn event_size(kind: EventKind) -> usize {
 const _: () = assert!(size_of::<EventHeader>() == 24);
 const _: () = assert!(size_of::<ForkEvent>() == 64);
 const _: () = assert!(size_of::<ExecEvent>() == 192);
-const _: () = assert!(size_of::<ExitEvent>() == 56);
+const _: () = assert!(size_of::<ExitEvent>() == 64);
 const _: () = assert!(size_of::<ReleaseEvent>() == 40);
 const _: () = assert!(size_of::<WaitEvent>() == 64);
 const _: () = assert!(size_of::<ListenEvent>() == 48);

@@ -56,6 +56,9 @@ pub mod counter {
     pub const READ_ERRORS: u32 = 34;
     /// A listening socket could not be added to `LISTEN_SOCKETS` (map full).
     pub const LISTEN_FULL: u32 = 35;
+    /// Not a count: the most unconsumed bytes seen in the ring buffer after a
+    /// write, per CPU (the agent reads the maximum and resets it).
+    pub const RING_HIGH_WATER: u32 = 36;
     /// Size of the array.
     pub const LEN: u32 = 48;
 }

@@ -4,11 +4,11 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_get_current_ancestor_cgroup_id},
     maps::ring_buf::RingBufEntry,
 };
-use forkwatch_common::{EventHeader, EventKind, Tracked};
+use forkwatch_common::{EventHeader, EventKind, Tracked, counter};
 
 use crate::{
     config,
-    maps::{CGROUP_TARGETS, COMM_TARGETS, EVENTS, TRACKED, count},
+    maps::{CGROUP_TARGETS, COMM_TARGETS, COUNTERS, EVENTS, TRACKED, count},
 };
 
 #[inline(always)]
@@ -40,6 +40,24 @@ pub fn emit<T: 'static>(kind: EventKind, event: T) {
     if let Some(mut entry) = reserve::<T>(kind) {
         entry.write(event);
         entry.submit(0);
+        note_fill();
+    }
+}
+
+/// `BPF_RB_AVAIL_DATA`: bytes written and not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Keeps the ring buffer's high-water mark for the agent's fill gauge.
+#[inline(always)]
+pub fn note_fill() {
+    let used = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter::RING_HIGH_WATER) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            if used > *slot {
+                *slot = used;
+            }
+        }
     }
 }
 

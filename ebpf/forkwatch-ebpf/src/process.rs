@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use forkwatch_common::{
-    EXEC_FILENAME_TRUNCATED, EXEC_NEW_TARGET, EventKind, ExecEvent, ExitEvent, FORK_SYSCALL_CLONE,
+    EXEC_FILENAME_TRUNCATED, EXEC_NEW_TARGET, EXIT_PARENT_AUTOREAPS, EventKind, ExecEvent, ExitEvent, FORK_SYSCALL_CLONE,
     FORK_SYSCALL_CLONE3, FORK_SYSCALL_FORK, FORK_SYSCALL_VFORK, FORK_THREAD, FORK_UNTRACKED,
     FdEvent, ForkEvent, ForkFailedEvent, PR_SET_CHILD_SUBREAPER, ReleaseEvent, SubreaperEvent,
     Tracked, counter,
@@ -125,6 +125,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<i32> {
             (*ev).flags = flags;
         }
         entry.submit(0);
+        crate::emit::note_fill();
     }
     // Listening sockets the new program inherited: their fds had no
     // close-on-exec, so the socket now lives on in another program.
@@ -175,6 +176,7 @@ fn try_exit(group_dead: impl FnOnce() -> bool) -> Option<i32> {
     let task = current_task();
     let start = process_start_ns(task);
     let exit_code: u32 = read(task, config!(kernel.task_exit_code)).unwrap_or(0);
+    let flags = if parent_autoreaps(task) { EXIT_PARENT_AUTOREAPS } else { 0 };
     // Remember the process by its global tgid for sched_process_free, which
     // can no longer map the task into the agent's pid namespace.
     let exited = Exited {
@@ -191,9 +193,35 @@ fn try_exit(group_dead: impl FnOnce() -> bool) -> Option<i32> {
             exit_code,
             start_ns: start,
             comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
+            flags,
+            _pad: 0,
         },
     );
     Some(0)
+}
+
+/// SIG_IGN and SA_NOCLDWAIT (stable UAPI values).
+const SIG_IGN: u64 = 1;
+const SA_NOCLDWAIT: u64 = 2;
+
+/// Whether `task`'s parent has SIGCHLD ignored or SA_NOCLDWAIT set: then
+/// exit_notify releases the child at once (do_notify_parent's autoreap),
+/// and nobody will ever wait for it.
+#[inline(always)]
+fn parent_autoreaps(task: Task) -> bool {
+    let action = read_ptr(task, config!(kernel.task_real_parent))
+        .and_then(|parent| read_ptr(parent, config!(kernel.task_sighand)))
+        .map(|sighand| {
+            sighand.wrapping_add(
+                (config!(kernel.sighand_action)
+                    + (forkwatch_common::SIGCHLD - 1) * config!(kernel.ksigaction_size))
+                    as usize,
+            )
+        });
+    let Some(action) = action else { return false };
+    let handler: u64 = read(action, config!(kernel.ksigaction_handler)).unwrap_or(0);
+    let flags: u64 = read(action, config!(kernel.ksigaction_flags)).unwrap_or(0);
+    handler == SIG_IGN || flags & SA_NOCLDWAIT != 0
 }
 
 /// `sched:sched_process_free(struct task_struct *p)`: the task was released

@@ -1,0 +1,98 @@
+//! The rules' window on /proc (the [`ProcView`] the model asks before it
+//! flags something), and the snapshots used for discovery and
+//! reconciliation.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::{
+    discovery::{self, ProcInfo},
+    model::{ProcStat, ProcView, Snapshot, SnapshotHolder, SnapshotProc},
+    targets::Selection,
+};
+
+/// The real /proc.
+pub struct RealProc;
+
+/// Syscalls a process waiting for connections sits in: accept itself, or
+/// a readiness wait on the listening socket (event-loop workers).
+const WAITING_FOR_CONNECTIONS: &[i64] = &[
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_select,
+    libc::SYS_pselect6,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+];
+
+impl ProcView for RealProc {
+    fn stat(&self, pid: u32) -> Option<ProcStat> {
+        discovery::process(pid).map(|p| ProcStat {
+            state: p.state,
+            ppid: p.ppid,
+            start_ns: p.start_ns,
+            comm: p.comm,
+        })
+    }
+
+    fn holds_socket(&self, pid: u32, inode: u64) -> Option<bool> {
+        if !std::path::Path::new(&format!("/proc/{pid}/fd")).exists() {
+            return None;
+        }
+        Some(discovery::socket_fds(pid).iter().any(|&(_, i)| i == inode))
+    }
+
+    fn waits_for_connections(&self, pid: u32) -> bool {
+        // /proc/PID/syscall: "NR arg1 ..." while blocked in a syscall.
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+            .is_some_and(|nr| WAITING_FOR_CONNECTIONS.contains(&nr))
+    }
+}
+
+/// What /proc shows of the selection's processes (targets and descendants),
+/// and the listening sockets they hold.
+pub fn snapshot(selection: &Selection, also: &HashSet<u32>) -> (Snapshot, BTreeMap<u32, ProcInfo>) {
+    let procs = discovery::all();
+    let mut want = selection.resolve(&procs);
+    // Processes the agent already follows stay in the picture even if no
+    // target matches them any more (e.g. re-parented away from the target).
+    for pid in also {
+        if procs.contains_key(pid) {
+            want.entry(*pid).or_insert(0);
+        }
+    }
+    let pids: HashSet<u32> = want.keys().copied().collect();
+    let holders = discovery::listen_fd_holders(&pids)
+        .into_iter()
+        .map(|(pid, fd, inode, sock)| SnapshotHolder {
+            pid,
+            fd,
+            inode,
+            port: sock.port,
+            family: sock.family,
+        })
+        .collect();
+    let snap = Snapshot {
+        procs: want
+            .iter()
+            .filter_map(|(&pid, &server)| {
+                let p = procs.get(&pid)?;
+                Some(SnapshotProc {
+                    pid,
+                    ppid: p.ppid,
+                    comm: p.comm.clone(),
+                    state: p.state,
+                    start_ns: p.start_ns,
+                    server,
+                    is_root_target: selection.matches(p).is_some(),
+                })
+            })
+            .collect(),
+        holders,
+    };
+    (snap, procs)
+}
