@@ -113,7 +113,8 @@ pub struct ProbeArgs {
 
 /// Parses a human duration: `250ms`, `2s`, `1m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 250ms or 2s: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 250ms or 2s: {e}"))
 }
 
 /// Parses `4096`, `64KiB`, `8MiB`, `1GiB`; must be a power of two of at

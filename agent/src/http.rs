@@ -70,7 +70,10 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     // The fill gauge is a high-water mark per scrape interval.
     s.metrics.ring_used.set(0.0);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -85,7 +88,11 @@ fn json(value: &impl serde::Serialize) -> Response {
 
 async fn findings(State(s): State<Arc<Shared>>) -> Response {
     let model = s.model.lock().expect("model lock");
-    json(&output::findings_doc(&model, &s.selection, clock::monotonic_ns()))
+    json(&output::findings_doc(
+        &model,
+        &s.selection,
+        clock::monotonic_ns(),
+    ))
 }
 
 async fn tree(State(s): State<Arc<Shared>>) -> Response {
@@ -143,8 +150,11 @@ pub async fn serve(listener: TcpListener, router: Router) {
 
 /// Parses `--web.listen-address`: `:9867`, `0.0.0.0:9867`, `127.0.0.1:0`, `[::1]:9867`.
 pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
     full.parse()
         .map_err(|_| format!("{s:?} is not an address like :9867 or 127.0.0.1:9867"))
 }
-

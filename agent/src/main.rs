@@ -10,8 +10,8 @@ mod clock;
 mod cmd;
 mod discovery;
 mod event;
-mod kernel;
 mod http;
+mod kernel;
 mod metrics;
 mod model;
 mod output;
@@ -59,7 +59,13 @@ fn main() {
 }
 
 fn selection(t: &cli::TargetArgs) -> anyhow::Result<targets::Selection> {
-    targets::Selection::new(&t.pids, &t.comms, &t.cgroups, t.all, t.server_name.as_deref())
+    targets::Selection::new(
+        &t.pids,
+        &t.comms,
+        &t.cgroups,
+        t.all,
+        t.server_name.as_deref(),
+    )
 }
 
 fn load_options(p: &cli::ProbeArgs) -> probes::loader::LoadOptions {
@@ -92,13 +98,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 reconcile_every: reconcile_interval,
                 log_format: cli.log_format,
             };
-            tokio::runtime::Runtime::new()?.block_on(cmd::run::run(selection, load_options(&probes), opts))?;
+            tokio::runtime::Runtime::new()?.block_on(cmd::run::run(
+                selection,
+                load_options(&probes),
+                opts,
+            ))?;
             Ok(0)
         }
         Command::Check { no_load } => Ok(cmd::check::run(!no_load)),
         Command::Events { targets, probes } => {
             let selection = selection(&targets)?;
-            tokio::runtime::Runtime::new()?.block_on(cmd::events::run(selection, load_options(&probes)))?;
+            tokio::runtime::Runtime::new()?
+                .block_on(cmd::events::run(selection, load_options(&probes)))?;
             Ok(0)
         }
     }

@@ -33,7 +33,8 @@ pub fn errno_label(errno: u32) -> &'static str {
 
 /// Reap latencies span a correct handler's microseconds to a zombie's minutes.
 const REAP_BUCKETS: &[f64] = &[
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+    300.0,
 ];
 /// Child lifetimes: from a failed exec's milliseconds to a day-long worker.
 const LIFETIME_BUCKETS: &[f64] = &[
@@ -80,8 +81,11 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &["server"])
-        .expect("valid metric");
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["server"],
+    )
+    .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
@@ -91,34 +95,150 @@ impl Metrics {
     pub fn new(servers: &[String], kernel: &str) -> Self {
         let r = Registry::new();
         let m = Self {
-            forks: counter(&r, "forkwatch_forks_total", "Processes created by tracked processes (threads excluded).", &["server"]),
-            exits: counter(&r, "forkwatch_exits_total", "Tracked processes whose last thread exited, by how.", &["server", "how"]),
-            reaps: counter(&r, "forkwatch_reaps_total", "Exited processes released, by who released them (auto: SIGCHLD ignored or SA_NOCLDWAIT).", &["server", "reaper"]),
-            zombies: gauge(&r, "forkwatch_zombies", "Tracked processes exited and not yet reaped, of any age.", &["server"]),
-            unreaped: gauge(&r, "forkwatch_unreaped_children", "Zombies older than --zombie-after (open unreaped_child findings).", &["server"]),
-            reap_latency: histogram(&r, "forkwatch_reap_latency_seconds", "Time from a process's exit to its release.", REAP_BUCKETS),
-            lifetime: histogram(&r, "forkwatch_child_lifetime_seconds", "Time from a process's fork to its exit.", LIFETIME_BUCKETS),
-            orphans: counter(&r, "forkwatch_orphans_reparented_total", "Children re-parented because their parent died, by new parent.", &["server", "new_parent"]),
-            leaked_fds: gauge(&r, "forkwatch_leaked_listen_fds", "Open leaked-listening-socket findings, by kind.", &["server", "kind"]),
-            leaks: counter(&r, "forkwatch_listen_fd_leaks_total", "Leaked-listening-socket findings opened, by kind.", &["server", "kind"]),
-            closed_at_exit: counter(&r, "forkwatch_listen_fds_closed_at_exit_total", "Children that never closed an inherited listening socket but exited within the grace period (the kernel closed it).", &["server"]),
-            coalesced: counter(&r, "forkwatch_sigchld_coalesced_total", "SIGCHLD generated while one was already pending (merged into it).", &["server"]),
-            fork_failures: counter(&r, "forkwatch_fork_failures_total", "fork/clone calls that failed, by errno.", &["server", "errno"]),
-            findings: gauge(&r, "forkwatch_findings", "Open findings, by kind.", &["server", "kind"]),
-            findings_total: counter(&r, "forkwatch_findings_total", "Findings opened, by kind.", &["server", "kind"]),
-            tracked: gauge(&r, "forkwatch_tracked_processes", "Processes the agent follows now (live and zombie).", &["server"]),
-            events: counter(&r, "forkwatch_events_total", "Events received from the kernel probes, by kind.", &["kind"]),
-            events_lost: counter(&r, "forkwatch_events_lost_total", "Events the probes could not deliver (ring buffer full), by kind.", &["kind"]),
-            reconciliations: counter(&r, "forkwatch_reconciliations_total", "Resyncs of the model against /proc, by reason.", &["reason"]),
+            forks: counter(
+                &r,
+                "forkwatch_forks_total",
+                "Processes created by tracked processes (threads excluded).",
+                &["server"],
+            ),
+            exits: counter(
+                &r,
+                "forkwatch_exits_total",
+                "Tracked processes whose last thread exited, by how.",
+                &["server", "how"],
+            ),
+            reaps: counter(
+                &r,
+                "forkwatch_reaps_total",
+                "Exited processes released, by who released them (auto: SIGCHLD ignored or SA_NOCLDWAIT).",
+                &["server", "reaper"],
+            ),
+            zombies: gauge(
+                &r,
+                "forkwatch_zombies",
+                "Tracked processes exited and not yet reaped, of any age.",
+                &["server"],
+            ),
+            unreaped: gauge(
+                &r,
+                "forkwatch_unreaped_children",
+                "Zombies older than --zombie-after (open unreaped_child findings).",
+                &["server"],
+            ),
+            reap_latency: histogram(
+                &r,
+                "forkwatch_reap_latency_seconds",
+                "Time from a process's exit to its release.",
+                REAP_BUCKETS,
+            ),
+            lifetime: histogram(
+                &r,
+                "forkwatch_child_lifetime_seconds",
+                "Time from a process's fork to its exit.",
+                LIFETIME_BUCKETS,
+            ),
+            orphans: counter(
+                &r,
+                "forkwatch_orphans_reparented_total",
+                "Children re-parented because their parent died, by new parent.",
+                &["server", "new_parent"],
+            ),
+            leaked_fds: gauge(
+                &r,
+                "forkwatch_leaked_listen_fds",
+                "Open leaked-listening-socket findings, by kind.",
+                &["server", "kind"],
+            ),
+            leaks: counter(
+                &r,
+                "forkwatch_listen_fd_leaks_total",
+                "Leaked-listening-socket findings opened, by kind.",
+                &["server", "kind"],
+            ),
+            closed_at_exit: counter(
+                &r,
+                "forkwatch_listen_fds_closed_at_exit_total",
+                "Children that never closed an inherited listening socket but exited within the grace period (the kernel closed it).",
+                &["server"],
+            ),
+            coalesced: counter(
+                &r,
+                "forkwatch_sigchld_coalesced_total",
+                "SIGCHLD generated while one was already pending (merged into it).",
+                &["server"],
+            ),
+            fork_failures: counter(
+                &r,
+                "forkwatch_fork_failures_total",
+                "fork/clone calls that failed, by errno.",
+                &["server", "errno"],
+            ),
+            findings: gauge(
+                &r,
+                "forkwatch_findings",
+                "Open findings, by kind.",
+                &["server", "kind"],
+            ),
+            findings_total: counter(
+                &r,
+                "forkwatch_findings_total",
+                "Findings opened, by kind.",
+                &["server", "kind"],
+            ),
+            tracked: gauge(
+                &r,
+                "forkwatch_tracked_processes",
+                "Processes the agent follows now (live and zombie).",
+                &["server"],
+            ),
+            events: counter(
+                &r,
+                "forkwatch_events_total",
+                "Events received from the kernel probes, by kind.",
+                &["kind"],
+            ),
+            events_lost: counter(
+                &r,
+                "forkwatch_events_lost_total",
+                "Events the probes could not deliver (ring buffer full), by kind.",
+                &["kind"],
+            ),
+            reconciliations: counter(
+                &r,
+                "forkwatch_reconciliations_total",
+                "Resyncs of the model against /proc, by reason.",
+                &["reason"],
+            ),
             ring_used: {
-                let g = Gauge::new("forkwatch_ring_buffer_used_ratio", "Highest fill of the event ring buffer seen since the last scrape (0 to 1).").expect("valid metric");
+                let g = Gauge::new(
+                    "forkwatch_ring_buffer_used_ratio",
+                    "Highest fill of the event ring buffer seen since the last scrape (0 to 1).",
+                )
+                .expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
-            limits: counter(&r, "forkwatch_limit_reached_total", "A memory cap was hit (something was dropped or not tracked), by cap.", &["limit"]),
-            capability: gauge(&r, "forkwatch_capability_enabled", "1 if this kernel supports the capability and its probes are attached.", &["capability"]),
+            limits: counter(
+                &r,
+                "forkwatch_limit_reached_total",
+                "A memory cap was hit (something was dropped or not tracked), by cap.",
+                &["limit"],
+            ),
+            capability: gauge(
+                &r,
+                "forkwatch_capability_enabled",
+                "1 if this kernel supports the capability and its probes are attached.",
+                &["capability"],
+            ),
             build_info: {
-                let g = GaugeVec::new(Opts::new("forkwatch_build_info", "Always 1; the labels say which forkwatch runs on which kernel."), &["version", "kernel"]).expect("valid metric");
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "forkwatch_build_info",
+                        "Always 1; the labels say which forkwatch runs on which kernel.",
+                    ),
+                    &["version", "kernel"],
+                )
+                .expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
@@ -168,7 +288,12 @@ impl Metrics {
         for reason in ["startup", "events_lost", "periodic"] {
             m.reconciliations.with_label_values(&[reason]);
         }
-        for l in ["processes", "findings", "kernel_processes", "kernel_listen_sockets"] {
+        for l in [
+            "processes",
+            "findings",
+            "kernel_processes",
+            "kernel_listen_sockets",
+        ] {
             m.limits.with_label_values(&[l]);
         }
         for c in Capability::ALL {
@@ -208,17 +333,28 @@ impl Metrics {
                 .orphans
                 .with_label_values(&[&name(*server), new_parent.name()])
                 .inc(),
-            Output::SigchldCoalesced { server } => self.coalesced.with_label_values(&[&name(*server)]).inc(),
+            Output::SigchldCoalesced { server } => {
+                self.coalesced.with_label_values(&[&name(*server)]).inc()
+            }
             Output::ForkFailed { server, errno } => self
                 .fork_failures
                 .with_label_values(&[&name(*server), errno_label(*errno)])
                 .inc(),
-            Output::ListenFdLeak { server, across_exec } => {
-                let kind = if *across_exec { "across_exec" } else { "inherited" };
+            Output::ListenFdLeak {
+                server,
+                across_exec,
+            } => {
+                let kind = if *across_exec {
+                    "across_exec"
+                } else {
+                    "inherited"
+                };
                 self.leaks.with_label_values(&[&name(*server), kind]).inc();
             }
             Output::ListenFdClosedAtExit { server } => {
-                self.closed_at_exit.with_label_values(&[&name(*server)]).inc();
+                self.closed_at_exit
+                    .with_label_values(&[&name(*server)])
+                    .inc();
             }
             Output::FindingOpened(f) => self
                 .findings_total

@@ -9,8 +9,9 @@ use serde::Serialize;
 use crate::{
     clock,
     model::{
-        Model, human_ns,
+        Model,
         findings::{Evidence, Finding, FindingKind},
+        human_ns,
         process::Process,
     },
     targets::Selection,
@@ -78,7 +79,11 @@ pub struct FindingsDoc<'a> {
     pub resolved: Vec<FindingView<'a>>,
 }
 
-pub fn findings_doc<'a>(model: &'a Model, selection: &'a Selection, now_ns: u64) -> FindingsDoc<'a> {
+pub fn findings_doc<'a>(
+    model: &'a Model,
+    selection: &'a Selection,
+    now_ns: u64,
+) -> FindingsDoc<'a> {
     let mut open: Vec<_> = model
         .findings()
         .open_findings()
@@ -144,7 +149,12 @@ pub fn tree(model: &Model, selection: &Selection) -> Vec<TreeServer> {
 }
 
 fn node(model: &Model, p: &Process, depth: usize) -> TreeNode {
-    let port = |inode: u64| model.sockets().find(|s| s.inode == inode).map_or(0, |s| s.port);
+    let port = |inode: u64| {
+        model
+            .sockets()
+            .find(|s| s.inode == inode)
+            .map_or(0, |s| s.port)
+    };
     TreeNode {
         pid: p.pid,
         ppid: p.ppid,
@@ -190,7 +200,11 @@ impl FindingLog {
             let _ = writeln!(out, "{line}");
         } else {
             let time = humantime::format_rfc3339_seconds(SystemTime::now());
-            let tag = if what == "opened" { "OPEN    " } else { "RESOLVED" };
+            let tag = if what == "opened" {
+                "OPEN    "
+            } else {
+                "RESOLVED"
+            };
             let _ = write!(
                 out,
                 "{time} {tag} {:<21} server={} pid={} {}",

@@ -50,7 +50,11 @@ const BATCH: usize = 4096;
 /// Reconciliations after lost events are at most this frequent.
 const MIN_RECONCILE_GAP_NS: u64 = 1_000_000_000;
 
-pub async fn run(selection: Selection, probe_opts: LoadOptions, opts: RunOptions) -> anyhow::Result<()> {
+pub async fn run(
+    selection: Selection,
+    probe_opts: LoadOptions,
+    opts: RunOptions,
+) -> anyhow::Result<()> {
     let max_processes = probe_opts.max_processes as usize;
     let mut started = startup::start(&selection, probe_opts)?;
     let mut stream = EventStream::new(started.probes.take_events()?)?;
@@ -77,9 +81,15 @@ pub async fn run(selection: Selection, probe_opts: LoadOptions, opts: RunOptions
     let metrics = Metrics::new(&selection.server_names(), &kernel);
     for cap in Capability::ALL {
         let up = !started.probes.disabled.contains_key(&cap);
-        metrics.capability.with_label_values(&[cap.name()]).set(i64::from(up));
+        metrics
+            .capability
+            .with_label_values(&[cap.name()])
+            .set(i64::from(up));
     }
-    metrics.reconciliations.with_label_values(&["startup"]).inc();
+    metrics
+        .reconciliations
+        .with_label_values(&["startup"])
+        .inc();
 
     let listener = tokio::net::TcpListener::bind(opts.listen_address)
         .await
@@ -124,7 +134,8 @@ pub async fn run(selection: Selection, probe_opts: LoadOptions, opts: RunOptions
     loop {
         let next = shared.model.lock().expect("model lock").next_deadline();
         let sleep = next.map_or(Duration::from_secs(1), |t| {
-            Duration::from_nanos(t.saturating_sub(clock::monotonic_ns())).min(Duration::from_secs(1))
+            Duration::from_nanos(t.saturating_sub(clock::monotonic_ns()))
+                .min(Duration::from_secs(1))
         });
         tokio::select! {
             r = stream.ready() => {
@@ -192,7 +203,11 @@ fn apply_ready(shared: &Shared, stream: &mut EventStream) {
         let mut model = shared.model.lock().expect("model lock");
         let n = stream.drain_now(BATCH, |bytes| match Event::decode(bytes) {
             Ok(ev) => {
-                shared.metrics.events.with_label_values(&[ev.body.kind().name()]).inc();
+                shared
+                    .metrics
+                    .events
+                    .with_label_values(&[ev.body.kind().name()])
+                    .inc();
                 model.apply(&ev);
             }
             Err(e) => warn!("undecodable event: {e}"),
@@ -204,7 +219,12 @@ fn apply_ready(shared: &Shared, stream: &mut EventStream) {
 }
 
 /// Resyncs the model (and the kernel's tracked set) with /proc.
-fn reconcile(shared: &Shared, selection: &Selection, probes: &mut crate::probes::loader::Probes, reason: &str) {
+fn reconcile(
+    shared: &Shared,
+    selection: &Selection,
+    probes: &mut crate::probes::loader::Probes,
+    reason: &str,
+) {
     let known: HashSet<u32> = shared
         .model
         .lock()
@@ -224,7 +244,11 @@ fn reconcile(shared: &Shared, selection: &Selection, probes: &mut crate::probes:
         }
     }
     for h in &snap.holders {
-        let server = snap.procs.iter().find(|p| p.pid == h.pid).map_or(0, |p| p.server);
+        let server = snap
+            .procs
+            .iter()
+            .find(|p| p.pid == h.pid)
+            .map_or(0, |p| p.server);
         let _ = probes.add_listen_socket(
             h.inode,
             forkwatch_common::ListenSocket {
@@ -239,7 +263,11 @@ fn reconcile(shared: &Shared, selection: &Selection, probes: &mut crate::probes:
         .lock()
         .expect("model lock")
         .reconcile(&snap, clock::monotonic_ns(), false);
-    shared.metrics.reconciliations.with_label_values(&[reason]).inc();
+    shared
+        .metrics
+        .reconciliations
+        .with_label_values(&[reason])
+        .inc();
 }
 
 /// Turns the model's outputs into metrics, finding lines and kernel map updates.
@@ -260,7 +288,9 @@ fn handle_outputs(shared: &Shared, probes: &mut crate::probes::loader::Probes, l
             Output::Untrack { pid } => probes.untrack(*pid),
             Output::SocketGone { inode } => probes.remove_listen_socket(*inode),
             Output::TargetExited { pid, comm, .. } => {
-                info!("target {comm} (pid {pid}) exited; still watching its descendants and any new process matching a --comm or --cgroup target");
+                info!(
+                    "target {comm} (pid {pid}) exited; still watching its descendants and any new process matching a --comm or --cgroup target"
+                );
             }
             _ => {}
         }
@@ -284,10 +314,18 @@ pub fn refresh_gauges(shared: &Shared) {
         let sum = |f: &dyn Fn(u32) -> u64| ids.iter().map(|&s| f(s)).sum::<u64>() as i64;
         let open = |k: FindingKind| sum(&|s| model.findings().open_count(s, k));
         let name = name.as_str();
-        m.tracked.with_label_values(&[name]).set(sum(&|s| model.counts(s).tracked));
-        m.zombies.with_label_values(&[name]).set(sum(&|s| model.counts(s).zombies));
-        m.unreaped.with_label_values(&[name]).set(open(FindingKind::UnreapedChild));
-        m.leaked_fds.with_label_values(&[name, "inherited"]).set(open(FindingKind::LeakedListenFd));
+        m.tracked
+            .with_label_values(&[name])
+            .set(sum(&|s| model.counts(s).tracked));
+        m.zombies
+            .with_label_values(&[name])
+            .set(sum(&|s| model.counts(s).zombies));
+        m.unreaped
+            .with_label_values(&[name])
+            .set(open(FindingKind::UnreapedChild));
+        m.leaked_fds
+            .with_label_values(&[name, "inherited"])
+            .set(open(FindingKind::LeakedListenFd));
         m.leaked_fds
             .with_label_values(&[name, "across_exec"])
             .set(open(FindingKind::ListenFdAcrossExec));

@@ -65,7 +65,11 @@ pub enum UnreapedCause {
 impl UnreapedCause {
     pub fn describe(&self, parent: &str) -> String {
         match self {
-            UnreapedCause::HandlerReapsOnePerSignal { exited, reaped, left } => format!(
+            UnreapedCause::HandlerReapsOnePerSignal {
+                exited,
+                reaped,
+                left,
+            } => format!(
                 "{parent}'s SIGCHLD handler reaps one child per SIGCHLD: {exited} exited, {reaped} reaped, {left} left"
             ),
             UnreapedCause::ParentExeced { program } => format!(
@@ -73,10 +77,14 @@ impl UnreapedCause {
             ),
             UnreapedCause::ParentNeverWaits => format!("{parent} never calls wait4/waitid"),
             UnreapedCause::ParentWaitsLate => {
-                format!("{parent} has not called wait since this child exited (it reaps only now and then)")
+                format!(
+                    "{parent} has not called wait since this child exited (it reaps only now and then)"
+                )
             }
             UnreapedCause::ParentNotWatched => format!("{parent} has not reaped it"),
-            UnreapedCause::AdoptedByInit => "re-parented to init, which has not reaped it yet".into(),
+            UnreapedCause::AdoptedByInit => {
+                "re-parented to init, which has not reaped it yet".into()
+            }
         }
     }
 
@@ -289,7 +297,10 @@ impl Findings {
         finding.id = self.next_id;
         self.next_id += 1;
         finding.resolved_ns = None;
-        *self.open_counts.entry((finding.server, key.kind)).or_default() += 1;
+        *self
+            .open_counts
+            .entry((finding.server, key.kind))
+            .or_default() += 1;
         self.open.insert(key, finding.clone());
         Change::Opened(finding)
     }

@@ -5,8 +5,9 @@
 use crate::event::{Event, ExitStatus, WNOWAIT, signal_name};
 
 use super::{
-    Model, Output, ProcView, Reaper, Timer, human_ns,
+    Model, Output, ProcView, Reaper, Timer,
     findings::{Evidence, Finding, FindingKind, NewParentKind, Obtained, UnreapedCause},
+    human_ns,
     process::{ExitInfo, Held, PendingReparent, Process},
     who,
 };
@@ -30,14 +31,12 @@ impl Model {
             // release was missed.
             self.remove(child, now, "process gone (pid reused)");
         }
-        let forker = self.known(ev).map(|p| {
-            (
-                p.server,
-                p.listen_fds.clone(),
-                p.comm.clone(),
-            )
-        });
-        let Some((server, fds, _)) = forker else { return };
+        let forker = self
+            .known(ev)
+            .map(|p| (p.server, p.listen_fds.clone(), p.comm.clone()));
+        let Some((server, fds, _)) = forker else {
+            return;
+        };
         // A successful fork resolves the forker's fork failures.
         let keys: Vec<_> = self
             .findings
@@ -118,7 +117,12 @@ impl Model {
             .findings
             .keys_of(pid, start)
             .into_iter()
-            .filter(|k| matches!(k.kind, FindingKind::LeakedListenFd | FindingKind::ListenFdAcrossExec))
+            .filter(|k| {
+                matches!(
+                    k.kind,
+                    FindingKind::LeakedListenFd | FindingKind::ListenFdAcrossExec
+                )
+            })
             .collect();
         for key in keys {
             self.resolve(&key, now, "the process exec'd another program");
@@ -209,7 +213,11 @@ impl Model {
             self.maybe_socket_gone(inode);
         }
         if is_root {
-            self.out.push(Output::TargetExited { pid, comm: comm.clone(), server });
+            self.out.push(Output::TargetExited {
+                pid,
+                comm: comm.clone(),
+                server,
+            });
         }
         // Its parent's handler run, if one is going on, sees one more exit.
         if let Some(run) = self
@@ -220,7 +228,12 @@ impl Model {
             run.exits_during += 1;
         }
         // An orphan killed by the SIGHUP that followed its session leader's death.
-        if status == (ExitStatus::Signaled { signal: 1, core_dumped: false }) {
+        if status
+            == (ExitStatus::Signaled {
+                signal: 1,
+                core_dumped: false,
+            })
+        {
             self.note_sighup(pid, pstart, now);
         }
         // Its children are re-parented (in exit_notify, right after this
@@ -234,7 +247,13 @@ impl Model {
                     since_ns: now,
                 });
                 let start = child.start_ns;
-                self.timer(now, Timer::Reparent { pid: c, start_ns: start });
+                self.timer(
+                    now,
+                    Timer::Reparent {
+                        pid: c,
+                        start_ns: start,
+                    },
+                );
             }
         }
         if !autoreaped {
@@ -263,7 +282,10 @@ impl Model {
         p.waits += 1;
         p.last_wait_ns = Some(now);
         p.waits_since_exec += 1;
-        let reaped = child != 0 && ret >= 0 && options & WNOWAIT == 0 && status.is_some_and(ExitStatus::is_exit);
+        let reaped = child != 0
+            && ret >= 0
+            && options & WNOWAIT == 0
+            && status.is_some_and(ExitStatus::is_exit);
         if let Some(run) = p.handler_run.as_mut() {
             if run.tid == ev.tid {
                 run.last_wait_ret = Some(if child != 0 { i64::from(child) } else { ret });
@@ -287,7 +309,9 @@ impl Model {
         status: Option<ExitStatus>,
         now: u64,
     ) {
-        let Some(p) = self.procs.get(&pid) else { return };
+        let Some(p) = self.procs.get(&pid) else {
+            return;
+        };
         if !self.same_start(p.start_ns, start_ns) {
             if start_ns > p.start_ns {
                 // A newer process with this pid was released: the one we
@@ -345,7 +369,9 @@ impl Model {
 
     /// The zombie timer fired: flag it if /proc agrees it is still a zombie.
     pub(super) fn zombie_due(&mut self, pid: u32, start_ns: u64, now: u64, view: &dyn ProcView) {
-        let Some(p) = self.procs.get(&pid) else { return };
+        let Some(p) = self.procs.get(&pid) else {
+            return;
+        };
         if !self.same_start(p.start_ns, start_ns) || !p.is_zombie() {
             return;
         }
@@ -358,7 +384,10 @@ impl Model {
                 }
                 self.flag_zombie(pid, now, view);
                 // Keep checking: a lost release must not leave a phantom.
-                self.timer(now + self.cfg.zombie_after_ns, Timer::Zombie { pid, start_ns });
+                self.timer(
+                    now + self.cfg.zombie_after_ns,
+                    Timer::Zombie { pid, start_ns },
+                );
             }
             // Gone (or a new process has the pid): it was reaped and the
             // release event was lost.
@@ -370,7 +399,9 @@ impl Model {
     }
 
     fn flag_zombie(&mut self, pid: u32, now: u64, view: &dyn ProcView) {
-        let Some(p) = self.procs.get(&pid) else { return };
+        let Some(p) = self.procs.get(&pid) else {
+            return;
+        };
         let parent = self.procs.get(&p.ppid);
         let parent_comm = parent.map_or_else(
             || view.stat(p.ppid).map_or_else(String::new, |s| s.comm),
@@ -411,11 +442,11 @@ impl Model {
         };
         let key = Self::key(FindingKind::UnreapedChild, p, 0);
         if let Some(existing) = self.findings.get(&key) {
-            // Keep the first summary's age; only a changed cause is news.
+            // Keep the first summary's age; only a new parent or cause is news.
             if let (Evidence::Unreaped { cause: a, .. }, Evidence::Unreaped { cause: b, .. }) =
                 (&existing.evidence, &finding.evidence)
             {
-                if a == b {
+                if a == b && existing.ppid == finding.ppid {
                     return;
                 }
             }
@@ -433,7 +464,11 @@ impl Model {
             };
         };
         if let Some((exited, reaped, left)) = parent.reaps_one_per_signal {
-            return UnreapedCause::HandlerReapsOnePerSignal { exited, reaped, left };
+            return UnreapedCause::HandlerReapsOnePerSignal {
+                exited,
+                reaped,
+                left,
+            };
         }
         let forked_before_exec = match (parent.exec_ns, p.born_ns) {
             (Some(exec), Some(born)) => born < exec,
@@ -441,7 +476,10 @@ impl Model {
         };
         if forked_before_exec && parent.waits_since_exec == 0 {
             return UnreapedCause::ParentExeced {
-                program: parent.program.clone().unwrap_or_else(|| parent.comm.clone()),
+                program: parent
+                    .program
+                    .clone()
+                    .unwrap_or_else(|| parent.comm.clone()),
             };
         }
         if parent.waits == 0 {
@@ -452,8 +490,12 @@ impl Model {
 
     /// Find an orphan's new parent: /proc knows it once exit_notify ran.
     pub(super) fn reparent_due(&mut self, pid: u32, start_ns: u64, now: u64, view: &dyn ProcView) {
-        let Some(p) = self.procs.get(&pid) else { return };
-        let Some(pending) = p.reparent.clone() else { return };
+        let Some(p) = self.procs.get(&pid) else {
+            return;
+        };
+        let Some(pending) = p.reparent.clone() else {
+            return;
+        };
         if !self.same_start(p.start_ns, start_ns) {
             return;
         }
@@ -491,7 +533,9 @@ impl Model {
         } else {
             NewParentKind::Subreaper
         };
-        let Some(p) = self.procs.get_mut(&pid) else { return };
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
         p.reparent = None;
         p.orphaned = true;
         p.ppid = new_parent;
@@ -500,7 +544,9 @@ impl Model {
             np.children.insert(pid);
         }
         let how = match pending.old_parent_status {
-            Some(ExitStatus::Signaled { signal, .. }) => format!("was killed by {}", signal_name(signal)),
+            Some(ExitStatus::Signaled { signal, .. }) => {
+                format!("was killed by {}", signal_name(signal))
+            }
             Some(ExitStatus::Exited { code }) => format!("exited with code {code}"),
             _ => "died".to_string(),
         };
@@ -540,14 +586,15 @@ impl Model {
             new_parent: kind,
         });
         self.open(Self::key(FindingKind::OrphanReparented, &p, 0), finding);
-        // A zombie that is now init's: its unreaped finding gets the new cause.
-        if p.is_zombie() {
-            let key = Self::key(FindingKind::UnreapedChild, &p, 0);
-            if self.findings.is_open(&key) {
-                self.resolve(&key, now, "re-parented; the new parent must reap it");
-            }
-            let at = now + self.cfg.zombie_after_ns;
-            self.timer(at, Timer::Zombie { pid, start_ns: p.start_ns });
+        // A zombie that is now init's (or a subreaper's): its unreaped
+        // finding stays open, with the new parent and cause, until the new
+        // parent reaps it.
+        if p.is_zombie()
+            && self
+                .findings
+                .is_open(&Self::key(FindingKind::UnreapedChild, &p, 0))
+        {
+            self.flag_zombie(pid, now, &NoProc);
         }
     }
 
@@ -604,7 +651,9 @@ impl Model {
             if failures == 1 { "" } else { "s" }
         );
         if zombies > 0 {
-            summary.push_str(&format!("; it has {zombies} unreaped children holding pids"));
+            summary.push_str(&format!(
+                "; it has {zombies} unreaped children holding pids"
+            ));
         }
         let remedy = if zombies > 0 {
             "reap the children (loop waitpid(-1, WNOHANG) in the SIGCHLD handler): zombies count against pids.max and RLIMIT_NPROC"
@@ -636,6 +685,21 @@ impl Model {
             },
         };
         self.open(key, finding);
+    }
+}
+
+/// A [`ProcView`] that knows nothing: for rules that can do without /proc.
+struct NoProc;
+
+impl ProcView for NoProc {
+    fn stat(&self, _: u32) -> Option<super::ProcStat> {
+        None
+    }
+    fn holds_socket(&self, _: u32, _: u64) -> Option<bool> {
+        None
+    }
+    fn waits_for_connections(&self, _: u32) -> bool {
+        false
     }
 }
 

@@ -61,7 +61,14 @@ impl Model {
         self.after_fd_change(ev.pid, inode, ev.ts_ns);
     }
 
-    pub(super) fn on_close_range(&mut self, ev: &Event, first: u32, last: u32, flags: u32, ret: i32) {
+    pub(super) fn on_close_range(
+        &mut self,
+        ev: &Event,
+        first: u32,
+        last: u32,
+        flags: u32,
+        ret: i32,
+    ) {
         if ret != 0 || flags & CLOSE_RANGE_CLOEXEC != 0 {
             return; // failed, or only marked close-on-exec (exec will tell)
         }
@@ -121,7 +128,9 @@ impl Model {
     /// After `pid` dropped an fd of `inode`: if it holds the socket no more,
     /// its findings about it resolve, and the socket may be gone entirely.
     pub(super) fn after_fd_change(&mut self, pid: u32, inode: u64, now: u64) {
-        let Some(p) = self.procs.get_mut(&pid) else { return };
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
         if p.holds(inode) {
             return;
         }
@@ -156,7 +165,9 @@ impl Model {
         now: u64,
         view: &dyn ProcView,
     ) {
-        let Some(p) = self.procs.get(&pid) else { return };
+        let Some(p) = self.procs.get(&pid) else {
+            return;
+        };
         if !self.same_start(p.start_ns, start_ns)
             || p.is_zombie()
             || !p.holds(inode)
@@ -165,7 +176,9 @@ impl Model {
         {
             return;
         }
-        let Some(held) = p.held.get(&inode).copied() else { return };
+        let Some(held) = p.held.get(&inode).copied() else {
+            return;
+        };
         // Ground truth before flagging: /proc must show the fd.
         if view.holds_socket(pid, inode) == Some(false) {
             let fds: Vec<u32> = p.fds_of(inode);
@@ -189,9 +202,15 @@ impl Model {
         let sock = self.sockets.get(&inode).cloned();
         let port = sock.as_ref().map_or(0, |s| s.port);
         let owner = sock.as_ref().and_then(|s| s.owner);
-        let owner_text = owner.map_or_else(String::new, |o| format!(" from {}", who(&self.comm_of(o), o)));
+        let owner_text = owner.map_or_else(String::new, |o| {
+            format!(" from {}", who(&self.comm_of(o), o))
+        });
         let fds = p.fds_of(inode);
-        let fd_text = fds.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+        let fd_text = fds
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         let program = p.program.clone().unwrap_or_else(|| p.comm.clone());
         let across_exec = held.how == Obtained::Exec;
         let (kind, summary, remedy) = if across_exec {
@@ -210,7 +229,8 @@ impl Model {
                     "{} holds the listening socket of port {port} (fd {fd_text}) it inherited{owner_text}, and has neither closed it nor accepted on it",
                     who(&p.comm, pid)
                 ),
-                "close the listening socket in the child right after fork, or set SOCK_CLOEXEC".to_string(),
+                "close the listening socket in the child right after fork, or set SOCK_CLOEXEC"
+                    .to_string(),
             )
         };
         self.out.push(Output::ListenFdLeak {

@@ -99,7 +99,12 @@ pub enum Reaper {
 }
 
 impl Reaper {
-    pub const ALL: [Reaper; 4] = [Reaper::Parent, Reaper::Init, Reaper::Subreaper, Reaper::Auto];
+    pub const ALL: [Reaper; 4] = [
+        Reaper::Parent,
+        Reaper::Init,
+        Reaper::Subreaper,
+        Reaper::Auto,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -125,23 +130,54 @@ pub enum Output {
     /// An open finding's evidence changed (e.g. more failures counted).
     FindingUpdated(Finding),
     FindingResolved(Finding),
-    Forked { server: u32 },
-    Exited { server: u32, signaled: bool, lifetime_s: Option<f64> },
-    Reaped { server: u32, reaper: Reaper, latency_s: Option<f64> },
-    Orphaned { server: u32, new_parent: NewParentKind },
-    SigchldCoalesced { server: u32 },
-    ForkFailed { server: u32, errno: u32 },
-    ListenFdLeak { server: u32, across_exec: bool },
+    Forked {
+        server: u32,
+    },
+    Exited {
+        server: u32,
+        signaled: bool,
+        lifetime_s: Option<f64>,
+    },
+    Reaped {
+        server: u32,
+        reaper: Reaper,
+        latency_s: Option<f64>,
+    },
+    Orphaned {
+        server: u32,
+        new_parent: NewParentKind,
+    },
+    SigchldCoalesced {
+        server: u32,
+    },
+    ForkFailed {
+        server: u32,
+        errno: u32,
+    },
+    ListenFdLeak {
+        server: u32,
+        across_exec: bool,
+    },
     /// A child that never closed an inherited listening socket exited
     /// within the grace period (the kernel closed it): counted, not flagged.
-    ListenFdClosedAtExit { server: u32 },
+    ListenFdClosedAtExit {
+        server: u32,
+    },
     LimitReached(Limit),
     /// The process is no longer followed: drop it from the kernel's table.
-    Untrack { pid: u32 },
+    Untrack {
+        pid: u32,
+    },
     /// No process holds this listening socket any more.
-    SocketGone { inode: u64 },
+    SocketGone {
+        inode: u64,
+    },
     /// A target given by pid exited.
-    TargetExited { pid: u32, comm: String, server: u32 },
+    TargetExited {
+        pid: u32,
+        comm: String,
+        server: u32,
+    },
 }
 
 /// A timer of the rules: something to check at a deadline.
@@ -266,7 +302,11 @@ impl Model {
                 comm,
                 autoreaped,
             } => self.on_exit(ev, *ppid, *status, *start_ns, comm, *autoreaped),
-            Body::Release { reaper, status, start_ns } => {
+            Body::Release {
+                reaper,
+                status,
+                start_ns,
+            } => {
                 self.on_release(ev.pid, *start_ns, Some(*reaper), Some(*status), now);
             }
             Body::Wait {

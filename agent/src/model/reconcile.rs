@@ -81,8 +81,18 @@ impl Model {
                         });
                         let (pid, start, server) = (p.pid, p.start_ns, p.server);
                         self.counts.entry(server).or_default().zombies += 1;
-                        let at = if startup { now } else { now + self.cfg.zombie_after_ns };
-                        self.timer(at, Timer::Zombie { pid, start_ns: start });
+                        let at = if startup {
+                            now
+                        } else {
+                            now + self.cfg.zombie_after_ns
+                        };
+                        self.timer(
+                            at,
+                            Timer::Zombie {
+                                pid,
+                                start_ns: start,
+                            },
+                        );
                     }
                 }
                 None => {
@@ -98,8 +108,18 @@ impl Model {
                     }
                     let zombie = p.is_zombie();
                     if self.insert(p) && zombie {
-                        let at = if startup { now } else { now + self.cfg.zombie_after_ns };
-                        self.timer(at, Timer::Zombie { pid: s.pid, start_ns: s.start_ns });
+                        let at = if startup {
+                            now
+                        } else {
+                            now + self.cfg.zombie_after_ns
+                        };
+                        self.timer(
+                            at,
+                            Timer::Zombie {
+                                pid: s.pid,
+                                start_ns: s.start_ns,
+                            },
+                        );
                     }
                 }
             }
@@ -115,7 +135,11 @@ impl Model {
             children.entry(p.ppid).or_default().push(p.pid);
         }
         for p in self.procs.values_mut() {
-            p.children = children.remove(&p.pid).unwrap_or_default().into_iter().collect();
+            p.children = children
+                .remove(&p.pid)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
         }
     }
 
@@ -162,7 +186,9 @@ impl Model {
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
             let want = by_pid.remove(&pid).unwrap_or_default();
-            let Some(p) = self.procs.get_mut(&pid) else { continue };
+            let Some(p) = self.procs.get_mut(&pid) else {
+                continue;
+            };
             if p.is_zombie() {
                 continue;
             }

@@ -7,7 +7,7 @@ use crate::event::{Event, SignalResult};
 
 use super::{
     Model, Output,
-    findings::{Evidence, Finding, FindingKind, FindingKey},
+    findings::{Evidence, Finding, FindingKey, FindingKind},
     process::{HandlerRun, Process},
     who,
 };
@@ -43,7 +43,9 @@ impl Model {
     pub(super) fn on_signal_return(&mut self, ev: &Event) {
         let now = ev.ts_ns;
         let left = self.zombie_children(ev.pid);
-        let Some(p) = self.procs.get_mut(&ev.pid) else { return };
+        let Some(p) = self.procs.get_mut(&ev.pid) else {
+            return;
+        };
         let Some(run) = p.handler_run else { return };
         if run.tid != ev.tid {
             return;
@@ -87,7 +89,9 @@ impl Model {
         // The parent's zombies now have their cause.
         let children: Vec<u32> = p.children.iter().copied().collect();
         for c in children {
-            let Some(child) = self.procs.get(&c) else { continue };
+            let Some(child) = self.procs.get(&c) else {
+                continue;
+            };
             let key = Self::key(FindingKind::UnreapedChild, child, 0);
             if let Some(mut f) = self.findings.get(&key).cloned() {
                 if let Evidence::Unreaped { cause, .. } = &mut f.evidence {
@@ -114,7 +118,9 @@ impl Model {
         if self.zombie_children(ppid) > 0 {
             return;
         }
-        let Some(p) = self.procs.get_mut(&ppid) else { return };
+        let Some(p) = self.procs.get_mut(&ppid) else {
+            return;
+        };
         p.reaps_one_per_signal = None;
         let key = FindingKey {
             kind: FindingKind::SigchldCoalesced,

@@ -172,7 +172,9 @@ fn resolved(out: &[Output], kind: FindingKind) -> Vec<u32> {
 fn reaps(out: &[Output]) -> Vec<(Reaper, Option<f64>)> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Reaped { reaper, latency_s, .. } => Some((*reaper, *latency_s)),
+            Output::Reaped {
+                reaper, latency_s, ..
+            } => Some((*reaper, *latency_s)),
             _ => None,
         })
         .collect()
@@ -186,7 +188,10 @@ fn a_zombie_past_the_threshold_is_flagged_then_resolved_when_reaped() {
     m.apply(&exit(20 * MS, 101, 100, 7));
     view.set(101, 'Z', 100, start(101));
     m.tick(20 * MS + 1_999 * MS, &view);
-    assert!(opened(&m.drain(), FindingKind::UnreapedChild).is_empty(), "not before 2 s");
+    assert!(
+        opened(&m.drain(), FindingKind::UnreapedChild).is_empty(),
+        "not before 2 s"
+    );
     m.tick(20 * MS + 2 * S, &view);
     let out = m.drain();
     assert_eq!(opened(&out, FindingKind::UnreapedChild), vec![101]);
@@ -240,7 +245,14 @@ fn one_waitpid_per_sigchld_is_named_with_the_counts() {
             },
         ));
     }
-    m.apply(&ev(11 * MS, 100, Body::SigchldDeliver { handler: 0x5555, sa_flags: 0 }));
+    m.apply(&ev(
+        11 * MS,
+        100,
+        Body::SigchldDeliver {
+            handler: 0x5555,
+            sa_flags: 0,
+        },
+    ));
     m.apply(&wait(11 * MS, 100, 101, 0));
     m.apply(&ev(11 * MS, 100, Body::SignalReturn));
     view.stats.remove(&101);
@@ -257,7 +269,8 @@ fn one_waitpid_per_sigchld_is_named_with_the_counts() {
         .find(|f| f.kind == FindingKind::SigchldCoalesced)
         .unwrap();
     assert!(
-        f.summary.contains("handler reaps one child per SIGCHLD: 5 exited, 1 reaped, 4 left"),
+        f.summary
+            .contains("handler reaps one child per SIGCHLD: 5 exited, 1 reaped, 4 left"),
         "{}",
         f.summary
     );
@@ -267,15 +280,26 @@ fn one_waitpid_per_sigchld_is_named_with_the_counts() {
     let mut zombies = opened(&out, FindingKind::UnreapedChild);
     zombies.sort_unstable();
     assert_eq!(zombies, vec![102, 103, 104, 105]);
-    for f in m.findings().open_findings().filter(|f| f.kind == FindingKind::UnreapedChild) {
+    for f in m
+        .findings()
+        .open_findings()
+        .filter(|f| f.kind == FindingKind::UnreapedChild)
+    {
         assert!(matches!(
             f.evidence,
             Evidence::Unreaped {
-                cause: UnreapedCause::HandlerReapsOnePerSignal { exited: 5, reaped: 1, left: 4 },
+                cause: UnreapedCause::HandlerReapsOnePerSignal {
+                    exited: 5,
+                    reaped: 1,
+                    left: 4
+                },
                 ..
             }
         ));
-        assert!(f.remedy.contains("loop waitpid(-1, WNOHANG) until it returns 0"));
+        assert!(
+            f.remedy
+                .contains("loop waitpid(-1, WNOHANG) until it returns 0")
+        );
     }
 
     // Reaping the rest resolves everything.
@@ -296,7 +320,14 @@ fn a_handler_that_loops_until_nothing_is_left_is_fine() {
         m.apply(&fork(MS, 100, c));
         m.apply(&exit(2 * MS, c, 100, 0));
     }
-    m.apply(&ev(3 * MS, 100, Body::SigchldDeliver { handler: 0x5555, sa_flags: 0 }));
+    m.apply(&ev(
+        3 * MS,
+        100,
+        Body::SigchldDeliver {
+            handler: 0x5555,
+            sa_flags: 0,
+        },
+    ));
     for c in 101..=103 {
         m.apply(&wait(3 * MS, 100, c, 0));
     }
@@ -305,7 +336,11 @@ fn a_handler_that_loops_until_nothing_is_left_is_fine() {
     m.tick(10 * S, &view);
     let out = m.drain();
     assert_eq!(reaps(&out).len(), 3, "one reap-latency sample per child");
-    assert!(reaps(&out).iter().all(|(r, l)| *r == Reaper::Parent && l.is_some()));
+    assert!(
+        reaps(&out)
+            .iter()
+            .all(|(r, l)| *r == Reaper::Parent && l.is_some())
+    );
     assert_eq!(m.findings().open_len(), 0);
 }
 
@@ -314,7 +349,13 @@ fn ignored_sigchld_counts_as_auto_reap_and_never_flags() {
     let mut m = with_server(100);
     let view = FakeProc::default();
     m.apply(&fork(MS, 100, 101));
-    m.apply(&exit_with(2 * MS, 101, 100, ExitStatus::Exited { code: 0 }, true));
+    m.apply(&exit_with(
+        2 * MS,
+        101,
+        100,
+        ExitStatus::Exited { code: 0 },
+        true,
+    ));
     // The release (sched_process_free) comes an RCU grace period later.
     m.tick(10 * S, &view);
     m.apply(&release(10 * S + MS, 101, 100));
@@ -421,7 +462,16 @@ fn orphans_go_to_the_subreaper_and_are_reaped_by_it() {
     m.apply(&ev(MS, 50, Body::Subreaper { enabled: true }));
     m.apply(&fork(2 * MS, 50, 100));
     m.apply(&fork(3 * MS, 100, 101));
-    m.apply(&exit_with(4 * MS, 100, 50, ExitStatus::Signaled { signal: 9, core_dumped: false }, false));
+    m.apply(&exit_with(
+        4 * MS,
+        100,
+        50,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+        false,
+    ));
     // exit_notify has not run yet: /proc still shows the old parent.
     view.set(101, 'S', 100, start(101));
     m.tick(4 * MS, &view);
@@ -457,7 +507,16 @@ fn orphans_killed_by_the_sighup_of_their_session_leader() {
     m.apply(&exit(2 * MS, 100, 1, 0));
     view.set(101, 'S', 1, start(101));
     m.tick(2 * MS, &view);
-    m.apply(&exit_with(3 * MS, 101, 1, ExitStatus::Signaled { signal: 1, core_dumped: false }, false));
+    m.apply(&exit_with(
+        3 * MS,
+        101,
+        1,
+        ExitStatus::Signaled {
+            signal: 1,
+            core_dumped: false,
+        },
+        false,
+    ));
     let f = m
         .findings()
         .open_findings()
@@ -517,7 +576,10 @@ fn leaked_listen_fds_and_the_ones_that_are_not() {
         .find(|f| f.kind == FindingKind::LeakedListenFd)
         .unwrap();
     assert!(f.summary.contains("port 7000"), "{}", f.summary);
-    assert_eq!(f.remedy, "close the listening socket in the child right after fork, or set SOCK_CLOEXEC");
+    assert_eq!(
+        f.remedy,
+        "close the listening socket in the child right after fork, or set SOCK_CLOEXEC"
+    );
     // A dup'd copy is the same socket: closing one fd is not enough.
     m.apply(&ev(
         400 * MS,
@@ -530,9 +592,17 @@ fn leaked_listen_fds_and_the_ones_that_are_not() {
             replaced_inode: 0,
         },
     ));
-    m.apply(&ev(401 * MS, 101, Body::ListenFdClose { fd: 3, inode: 9000 }));
+    m.apply(&ev(
+        401 * MS,
+        101,
+        Body::ListenFdClose { fd: 3, inode: 9000 },
+    ));
     assert!(resolved(&m.drain(), FindingKind::LeakedListenFd).is_empty());
-    m.apply(&ev(402 * MS, 101, Body::ListenFdClose { fd: 5, inode: 9000 }));
+    m.apply(&ev(
+        402 * MS,
+        101,
+        Body::ListenFdClose { fd: 5, inode: 9000 },
+    ));
     assert_eq!(resolved(&m.drain(), FindingKind::LeakedListenFd), vec![101]);
     // The owner itself is never flagged.
     assert!(m.findings().open_findings().all(|f| f.pid != 100));
@@ -578,7 +648,11 @@ fn proc_disagreeing_about_the_fd_wins() {
     // The close event was lost: /proc shows the child without the socket.
     view.holds.insert((101, 9000), false);
     m.tick(S, &view);
-    assert!(m.drain().iter().all(|o| !matches!(o, Output::FindingOpened(_))));
+    assert!(
+        m.drain()
+            .iter()
+            .all(|o| !matches!(o, Output::FindingOpened(_)))
+    );
     assert!(!m.process(101).unwrap().holds(9000));
 }
 
@@ -675,7 +749,12 @@ fn a_late_start_reports_existing_zombies_and_leaks_at_once() {
         family: 2,
     };
     let snap = Snapshot {
-        procs: vec![p(100, 1, 'S'), p(101, 100, 'Z'), p(102, 100, 'S'), p(103, 100, 'S')],
+        procs: vec![
+            p(100, 1, 'S'),
+            p(101, 100, 'Z'),
+            p(102, 100, 'S'),
+            p(103, 100, 'S'),
+        ],
         holders: vec![h(100), h(102), h(103)],
     };
     view.set(101, 'Z', 100, start(101));
@@ -726,4 +805,47 @@ fn open_findings_are_capped_too() {
     assert_eq!(opened(&out, FindingKind::UnreapedChild).len(), 2);
     assert!(out.contains(&Output::LimitReached(super::Limit::Findings)));
     assert_eq!(m.findings().open_len(), 2);
+}
+
+#[test]
+fn a_flagged_zombie_adopted_by_init_stays_the_same_finding_until_init_reaps_it() {
+    let mut m = with_server(100);
+    let mut view = FakeProc::default();
+    m.apply(&fork(MS, 100, 101));
+    m.apply(&exit(2 * MS, 101, 100, 0));
+    view.set(101, 'Z', 100, start(101));
+    m.tick(3 * S, &view);
+    let id = m.findings().open_findings().next().unwrap().id;
+    // The server is killed; its zombie goes to init.
+    m.apply(&exit_with(
+        4 * S,
+        100,
+        1,
+        ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        },
+        false,
+    ));
+    view.set(101, 'Z', 1, start(101));
+    m.tick(4 * S, &view);
+    let out = m.drain();
+    assert!(resolved(&out, FindingKind::UnreapedChild).is_empty());
+    let f = m
+        .findings()
+        .open_findings()
+        .find(|f| f.kind == FindingKind::UnreapedChild)
+        .unwrap();
+    assert_eq!((f.id, f.ppid), (id, 1));
+    assert!(matches!(
+        f.evidence,
+        Evidence::Unreaped {
+            cause: UnreapedCause::AdoptedByInit,
+            ..
+        }
+    ));
+    m.apply(&release(5 * S, 101, 1));
+    let out = m.drain();
+    assert_eq!(resolved(&out, FindingKind::UnreapedChild), vec![101]);
+    assert_eq!(reaps(&out)[0].0, Reaper::Init);
 }

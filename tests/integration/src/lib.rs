@@ -192,3 +192,201 @@ pub fn parse_events(lines: &[String]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
+
+/// A running `forkserver`, with its port and pid from the startup line.
+pub struct Server {
+    pub proc: Proc,
+    pub port: u16,
+    pub pid: u32,
+}
+
+impl Server {
+    /// Starts `forkserver --port 0 ARGS` and waits for its startup line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("forkserver"));
+        cmd.args(["--port", "0"]).args(args);
+        Self::from_command(cmd)
+    }
+
+    /// Starts a command that prints forkserver's startup line (e.g. the
+    /// server under `forkserver reaper --`).
+    pub fn from_command(cmd: Command) -> Self {
+        let proc = Proc::spawn(cmd);
+        let (port, pid) =
+            proc.wait_stdout(Duration::from_secs(10), "forkserver startup line", |l| {
+                let rest = l.strip_prefix("forkserver listening on ")?;
+                let (addr, pid) = rest.split_once(" pid ")?;
+                Some((
+                    addr.rsplit(':').next()?.parse().ok()?,
+                    pid.trim().parse().ok()?,
+                ))
+            });
+        Self { proc, port, pid }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs the load client's burst mode to completion.
+    pub fn burst(&self, connections: u32, hold: &str) {
+        let out = Command::new(bin("forkserver"))
+            .args(["load", "burst", "--addr", &self.addr()])
+            .args(["--connections", &connections.to_string(), "--hold", hold])
+            .output()
+            .expect("run the load client");
+        assert!(
+            out.status.success(),
+            "load burst failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts a burst in the background (connections held while the test looks).
+    pub fn burst_in_background(&self, connections: u32, hold: &str) -> Proc {
+        let mut cmd = Command::new(bin("forkserver"));
+        cmd.args(["load", "burst", "--addr", &self.addr()]).args([
+            "--connections",
+            &connections.to_string(),
+            "--hold",
+            hold,
+        ]);
+        Proc::spawn(cmd)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Children first (by pid), so nothing outlives the test.
+        let kids = procfs::children(self.pid);
+        self.proc.stop_with(Signal::SIGTERM, Duration::from_secs(5));
+        for k in kids {
+            kill_pid(k);
+        }
+    }
+}
+
+/// A running `forkwatch run`, serving HTTP on a free loopback port.
+pub struct Agent {
+    pub proc: Proc,
+    pub http: std::net::SocketAddr,
+}
+
+impl Agent {
+    /// `forkwatch run ARGS` (JSON logs, HTTP on 127.0.0.1:0); waits until
+    /// it says it is watching.
+    pub fn start(args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("forkwatch"));
+        cmd.args([
+            "--log-format",
+            "json",
+            "run",
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ])
+        .args(args);
+        let mut proc = Proc::spawn(cmd);
+        proc.wait_stderr(Duration::from_secs(30), "metrics and findings on http://");
+        let http = proc
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| {
+                let rest = &l[l.find("http://")? + 7..];
+                rest[..rest.find('/')?].parse().ok()
+            })
+            .expect("HTTP address in the agent's log");
+        Self { proc, http }
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        http_get(self.http, path)
+    }
+
+    pub fn findings(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/findings")).expect("/findings is JSON")
+    }
+
+    /// Open findings of `kind`.
+    pub fn open(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.findings()["open"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// Pids of the open findings of `kind`, sorted.
+    pub fn open_pids(&self, kind: &str) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .open(kind)
+            .iter()
+            .map(|f| f["pid"].as_u64().unwrap() as u32)
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The value of one series of /metrics (`name{a="b",...}` as printed).
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.get("/metrics"), series)
+    }
+}
+
+/// The value of `series` in a Prometheus text exposition (0 if absent).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A minimal HTTP/1.1 GET (bounded by timeouts), returning the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read response");
+    let (head, body) = buf.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    body.to_string()
+}
+
+/// Polls until `f` returns `Some`, like [`wait_for`], but returns `None`
+/// on timeout instead of panicking (for "converges to equal" checks that
+/// report their own mismatch).
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Serialises the tests of one binary that time kernel behaviour (signal
+/// coalescing, grace periods) so they do not compete for the two CPUs.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
