@@ -1,6 +1,6 @@
 //! Turning the probes' CLOCK_MONOTONIC timestamps into wall-clock time.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use nix::time::{ClockId, clock_gettime};
 
@@ -34,10 +34,4 @@ pub fn wall_time(ts_ns: u64) -> SystemTime {
 /// RFC 3339 with microseconds, UTC.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

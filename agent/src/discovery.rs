@@ -23,12 +23,6 @@ pub struct ProcInfo {
     pub cgroup: Option<String>,
 }
 
-impl ProcInfo {
-    pub fn is_zombie(&self) -> bool {
-        self.state == 'Z'
-    }
-}
-
 /// A listening TCP socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenInfo {
@@ -78,26 +72,6 @@ pub fn all() -> BTreeMap<u32, ProcInfo> {
         .filter_map(|p| info(&p))
         .map(|i| (i.pid, i))
         .collect()
-}
-
-/// `roots` and all their descendants in `procs` (by ppid links).
-pub fn with_descendants(procs: &BTreeMap<u32, ProcInfo>, roots: &HashSet<u32>) -> HashSet<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for p in procs.values() {
-        children.entry(p.ppid).or_default().push(p.pid);
-    }
-    let mut out = HashSet::new();
-    let mut stack: Vec<u32> = roots
-        .iter()
-        .copied()
-        .filter(|p| procs.contains_key(p))
-        .collect();
-    while let Some(pid) = stack.pop() {
-        if out.insert(pid) {
-            stack.extend(children.get(&pid).into_iter().flatten());
-        }
-    }
-    out
 }
 
 /// The socket inodes among `pid`'s fds, with the fd numbers.
@@ -168,29 +142,6 @@ pub fn listen_fd_holders(pids: &HashSet<u32>) -> Vec<(u32, u32, u64, ListenInfo)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(pid: u32, ppid: u32) -> ProcInfo {
-        ProcInfo {
-            pid,
-            ppid,
-            comm: "x".into(),
-            state: 'S',
-            start_ns: 0,
-            threads: 1,
-            cgroup: None,
-        }
-    }
-
-    #[test]
-    fn descendants_follow_ppid_links() {
-        let procs: BTreeMap<u32, ProcInfo> = [p(1, 0), p(10, 1), p(11, 10), p(12, 11), p(20, 1)]
-            .into_iter()
-            .map(|i| (i.pid, i))
-            .collect();
-        let got = with_descendants(&procs, &HashSet::from([10]));
-        assert_eq!(got, HashSet::from([10, 11, 12]));
-        assert!(with_descendants(&procs, &HashSet::from([99])).is_empty());
-    }
 
     #[test]
     fn reads_this_process() {

@@ -116,8 +116,7 @@ pub const CLD_TRAPPED: i32 = 4;
 pub const CLD_STOPPED: i32 = 5;
 pub const CLD_CONTINUED: i32 = 6;
 
-/// wait options.
-pub const WNOHANG: u32 = 1;
+/// waitid's option that leaves the child waitable (no reap).
 pub const WNOWAIT: u32 = 0x0100_0000;
 
 /// A signal's name, e.g. `SIGKILL` (or `signal 42`).

@@ -175,7 +175,7 @@ impl Metrics {
             ),
             findings: gauge(
                 &r,
-                "forkwatch_findings",
+                "forkwatch_open_findings",
                 "Open findings, by kind.",
                 &["server", "kind"],
             ),

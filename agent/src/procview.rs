@@ -88,7 +88,9 @@ pub fn snapshot(selection: &Selection, also: &HashSet<u32>) -> (Snapshot, BTreeM
                     state: p.state,
                     start_ns: p.start_ns,
                     server,
-                    is_root_target: selection.matches(p).is_some(),
+                    // A target's own children often match too (same comm,
+                    // same cgroup): only the topmost one is the target.
+                    is_root_target: selection.matches(p).is_some() && !want.contains_key(&p.ppid),
                 })
             })
             .collect(),

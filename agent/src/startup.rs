@@ -2,17 +2,14 @@
 //! reading the kernel layout, loading, and seeding the in-kernel tracked set
 //! from /proc so processes that existed before the agent are followed too.
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    path::PathBuf,
-};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context as _;
 use forkwatch_common::ListenSocket;
 use tracing::{info, warn};
 
 use crate::{
-    discovery::{self, ProcInfo},
+    discovery::{self},
     kernel::{btf::Btf, layout, tracefs},
     privileges,
     probes::loader::{LoadOptions, Probes},
@@ -21,16 +18,12 @@ use crate::{
 
 pub struct Started {
     pub probes: Probes,
-    pub layout: layout::Layout,
-    pub tracefs: PathBuf,
-    /// What /proc showed when seeding finished.
-    pub procs: BTreeMap<u32, ProcInfo>,
     /// Tracked pids and their server at start.
     pub seeded: HashMap<u32, u32>,
 }
 
 /// The host checks that stop the agent with one clear line when they fail.
-pub fn preflight() -> anyhow::Result<(PathBuf, layout::Layout)> {
+pub fn preflight() -> anyhow::Result<layout::Layout> {
     privileges::require()?;
     let (tracefs, mounted) = tracefs::ensure_mounted()?;
     if mounted {
@@ -44,12 +37,12 @@ pub fn preflight() -> anyhow::Result<(PathBuf, layout::Layout)> {
          (a kernel built with CONFIG_DEBUG_INFO_BTF=y, standard on current distributions)",
     )?;
     let layout = layout::read(&btf, &tracefs);
-    Ok((tracefs, layout))
+    Ok(layout)
 }
 
 /// Loads the probes and seeds them with the selection's processes.
 pub fn start(selection: &Selection, mut opts: LoadOptions) -> anyhow::Result<Started> {
-    let (tracefs, layout) = preflight()?;
+    let layout = preflight()?;
     opts.track_all = selection.track_all();
     let mut probes = Probes::load(&layout, &opts)?;
     for (cap, why) in &probes.disabled {
@@ -62,29 +55,18 @@ pub fn start(selection: &Selection, mut opts: LoadOptions) -> anyhow::Result<Sta
             Target::Pid(_) | Target::All => {}
         }
     }
-    let (procs, seeded) = seed(selection, &mut probes, &opts);
-    Ok(Started {
-        probes,
-        layout,
-        tracefs,
-        procs,
-        seeded,
-    })
+    let seeded = seed(selection, &mut probes, &opts);
+    Ok(Started { probes, seeded })
 }
 
 /// Adds the selection's processes to the kernel's tracked set. The probes
 /// are attached first, so a process forked by a tracked one during seeding
 /// is tracked by the kernel; a second look catches children of processes
 /// seeded after /proc was read. Bounded: a few rounds.
-fn seed(
-    selection: &Selection,
-    probes: &mut Probes,
-    opts: &LoadOptions,
-) -> (BTreeMap<u32, ProcInfo>, HashMap<u32, u32>) {
+fn seed(selection: &Selection, probes: &mut Probes, opts: &LoadOptions) -> HashMap<u32, u32> {
     let mut seeded: HashMap<u32, u32> = HashMap::new();
-    let mut procs = BTreeMap::new();
     for _round in 0..3 {
-        procs = discovery::all();
+        let procs = discovery::all();
         let want = selection.resolve(&procs);
         let new: Vec<(u32, u32)> = want
             .iter()
@@ -117,5 +99,5 @@ fn seed(
             warn!("{e:#}");
         }
     }
-    (procs, seeded)
+    seeded
 }

@@ -32,6 +32,7 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     }
     sh(&mut test)?;
     if filter.is_none() {
+        rules_and_deploy(&root)?;
         sh(Command::new("cargo").current_dir(&root).args([
             "clippy",
             "--all-targets",
@@ -42,4 +43,24 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     }
     eprintln!("xtask: all tests passed");
     Ok(())
+}
+
+/// The Prometheus rules (promtool's checks and unit tests), the
+/// dashboard's queries against docs/metrics.md, and the deployment
+/// manifests against the Kubernetes schemas.
+fn rules_and_deploy(root: &std::path::Path) -> anyhow::Result<()> {
+    let prom = root.join("dashboards/prometheus");
+    sh(Command::new("promtool")
+        .current_dir(&prom)
+        .args(["check", "rules", "alerts.yml"]))?;
+    sh(Command::new("promtool")
+        .current_dir(&prom)
+        .args(["test", "rules", "alerts_test.yml"]))?;
+    sh(Command::new("promtool")
+        .current_dir(&prom)
+        .args(["check", "config", "prometheus.yml"]))?;
+    sh(Command::new("python3")
+        .current_dir(root)
+        .args(["dashboards/check_queries.py", "--lint"]))?;
+    sh(Command::new(root.join("deploy/validate.sh")).current_dir(root))
 }

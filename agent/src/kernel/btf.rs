@@ -316,10 +316,10 @@ impl Btf {
                 }
                 return Ok(Some((m.bit_offset, m.type_id)));
             }
-            if member_name.is_empty() {
-                if let Some((bits, ty)) = self.find_member_depth(m.type_id, name, depth + 1)? {
-                    return Ok(Some((m.bit_offset + bits, ty)));
-                }
+            if member_name.is_empty()
+                && let Some((bits, ty)) = self.find_member_depth(m.type_id, name, depth + 1)?
+            {
+                return Ok(Some((m.bit_offset + bits, ty)));
             }
         }
         Ok(None)

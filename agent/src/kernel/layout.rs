@@ -34,10 +34,6 @@ impl Layout {
     fn miss(&mut self, cap: Capability, why: impl ToString) {
         self.missing.entry(cap).or_default().push(why.to_string());
     }
-
-    pub fn is_usable(&self, cap: Capability) -> bool {
-        !self.missing.contains_key(&cap)
-    }
 }
 
 /// Reads the layout from `btf` and the format files under `tracefs`.

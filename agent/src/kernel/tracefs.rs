@@ -154,7 +154,7 @@ impl Format {
     }
 }
 
-/// `field:unsigned int fd;	offset:16;	size:8;	signed:0;`
+/// `field:unsigned int fd; offset:16; size:8; signed:0;` (tab-separated)
 fn parse_field(line: &str) -> Result<FormatField, TracefsError> {
     let bad = || TracefsError::Format(format!("unparsable format line: {line}"));
     let mut decl = None;

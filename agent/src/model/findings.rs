@@ -347,6 +347,7 @@ impl Findings {
         self.open_counts.get(&(server, kind)).copied().unwrap_or(0)
     }
 
+    #[cfg(test)]
     pub fn open_len(&self) -> usize {
         self.open.len()
     }

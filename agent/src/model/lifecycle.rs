@@ -286,12 +286,12 @@ impl Model {
             && ret >= 0
             && options & WNOWAIT == 0
             && status.is_some_and(ExitStatus::is_exit);
-        if let Some(run) = p.handler_run.as_mut() {
-            if run.tid == ev.tid {
-                run.last_wait_ret = Some(if child != 0 { i64::from(child) } else { ret });
-                if reaped {
-                    run.waits_ok += 1;
-                }
+        if let Some(run) = p.handler_run.as_mut()
+            && run.tid == ev.tid
+        {
+            run.last_wait_ret = Some(if child != 0 { i64::from(child) } else { ret });
+            if reaped {
+                run.waits_ok += 1;
             }
         }
         if reaped {
@@ -330,11 +330,11 @@ impl Model {
             });
         }
         // An orphan that was reaped before /proc told us its new parent.
-        if let (Some(pending), Some(r)) = (&p.reparent, reaper) {
-            if r != pending.old_parent {
-                let pending = pending.clone();
-                self.open_orphan(pid, r, None, &pending, now);
-            }
+        if let (Some(pending), Some(r)) = (&p.reparent, reaper)
+            && r != pending.old_parent
+        {
+            let pending = pending.clone();
+            self.open_orphan(pid, r, None, &pending, now);
         }
         let kind = if p.exit.is_some_and(|e| e.autoreaped) {
             Reaper::Auto
@@ -377,10 +377,11 @@ impl Model {
         }
         match view.stat(pid) {
             Some(s) if s.state == 'Z' && self.same_start(p.start_ns, s.start_ns) => {
-                if s.ppid != p.ppid && s.ppid != 0 {
-                    if let Some(p) = self.procs.get_mut(&pid) {
-                        p.ppid = s.ppid;
-                    }
+                if s.ppid != p.ppid
+                    && s.ppid != 0
+                    && let Some(p) = self.procs.get_mut(&pid)
+                {
+                    p.ppid = s.ppid;
                 }
                 self.flag_zombie(pid, now, view);
                 // Keep checking: a lost release must not leave a phantom.
@@ -445,10 +446,10 @@ impl Model {
             // Keep the first summary's age; only a new parent or cause is news.
             if let (Evidence::Unreaped { cause: a, .. }, Evidence::Unreaped { cause: b, .. }) =
                 (&existing.evidence, &finding.evidence)
+                && a == b
+                && existing.ppid == finding.ppid
             {
-                if a == b && existing.ppid == finding.ppid {
-                    return;
-                }
+                return;
             }
         }
         self.open(key, finding);

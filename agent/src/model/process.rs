@@ -138,9 +138,4 @@ impl Process {
     pub fn holds(&self, inode: u64) -> bool {
         self.listen_fds.values().any(|&i| i == inode)
     }
-
-    /// The name to show: the exec'd program's file name, else the comm.
-    pub fn name(&self) -> &str {
-        &self.comm
-    }
 }

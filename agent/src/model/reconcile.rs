@@ -171,15 +171,15 @@ impl Model {
             }
         }
         for (inode, pid) in owners {
-            if let Some(s) = self.sockets.get_mut(&inode) {
-                if s.owner.is_none() {
-                    s.owner = Some(pid);
-                }
+            if let Some(s) = self.sockets.get_mut(&inode)
+                && s.owner.is_none()
+            {
+                s.owner = Some(pid);
             }
-            if let Some(p) = self.procs.get_mut(&pid) {
-                if !p.held.contains_key(&inode) {
-                    p.owns.insert(inode);
-                }
+            if let Some(p) = self.procs.get_mut(&pid)
+                && !p.held.contains_key(&inode)
+            {
+                p.owns.insert(inode);
             }
         }
         // Each process's listening fds are what /proc shows.

@@ -313,12 +313,6 @@ impl Probes {
             l.flush();
         }
     }
-
-    /// The fd to poll for probe log records.
-    pub fn log_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        use std::os::fd::AsFd as _;
-        self.logger.as_ref().map(|l| l.as_fd())
-    }
 }
 
 fn unload(program: &mut Program) -> Result<(), aya::programs::ProgramError> {

@@ -6,10 +6,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use forkwatch_common::{
-    EXEC_FILENAME_TRUNCATED, EXEC_NEW_TARGET, EXIT_PARENT_AUTOREAPS, EventKind, ExecEvent, ExitEvent, FORK_SYSCALL_CLONE,
-    FORK_SYSCALL_CLONE3, FORK_SYSCALL_FORK, FORK_SYSCALL_VFORK, FORK_THREAD, FORK_UNTRACKED,
-    FdEvent, ForkEvent, ForkFailedEvent, PR_SET_CHILD_SUBREAPER, ReleaseEvent, SubreaperEvent,
-    Tracked, counter,
+    EXEC_FILENAME_TRUNCATED, EXEC_NEW_TARGET, EXIT_PARENT_AUTOREAPS, EventKind, ExecEvent,
+    ExitEvent, FORK_SYSCALL_CLONE, FORK_SYSCALL_CLONE3, FORK_SYSCALL_FORK, FORK_SYSCALL_VFORK,
+    FORK_THREAD, FORK_UNTRACKED, FdEvent, ForkEvent, ForkFailedEvent, PR_SET_CHILD_SUBREAPER,
+    ReleaseEvent, SubreaperEvent, Tracked, counter,
 };
 
 use crate::{
@@ -176,7 +176,11 @@ fn try_exit(group_dead: impl FnOnce() -> bool) -> Option<i32> {
     let task = current_task();
     let start = process_start_ns(task);
     let exit_code: u32 = read(task, config!(kernel.task_exit_code)).unwrap_or(0);
-    let flags = if parent_autoreaps(task) { EXIT_PARENT_AUTOREAPS } else { 0 };
+    let flags = if parent_autoreaps(task) {
+        EXIT_PARENT_AUTOREAPS
+    } else {
+        0
+    };
     // Remember the process by its global tgid for sched_process_free, which
     // can no longer map the task into the agent's pid namespace.
     let exited = Exited {
