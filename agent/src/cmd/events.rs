@@ -56,7 +56,7 @@ pub async fn run(selection: Selection, opts: LoadOptions) -> anyhow::Result<()> 
         tokio::select! {
             r = stream.ready() => {
                 r?;
-                while stream.drain_now(4096, |b| write(b, &mut stdout.lock())) == 4096 {}
+                stream.drain_now(4096, |b| write(b, &mut stdout.lock()));
                 stdout.lock().flush()?;
             }
             _ = tick.tick() => {

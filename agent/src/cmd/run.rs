@@ -197,9 +197,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Applies whatever is in the ring buffer now, a batch per lock.
+/// Applies what is in the ring buffer now, a batch per lock; at most 16
+/// batches, so signals and scrapes get their turn under a fork storm (the
+/// stream remembers there is more).
 fn apply_ready(shared: &Shared, stream: &mut EventStream) {
-    loop {
+    for _ in 0..16 {
         let mut model = shared.model.lock().expect("model lock");
         let n = stream.drain_now(BATCH, |bytes| match Event::decode(bytes) {
             Ok(ev) => {

@@ -106,6 +106,8 @@ impl Probes {
             pidns_nested: u32::from(layout.pidns_nested),
             pidns_dev: layout.pidns_dev,
             pidns_ino: layout.pidns_ino,
+            agent_pid: std::process::id(),
+            _pad: 0,
             kernel: layout.kernel,
             sys: layout.sys,
         };

@@ -8,6 +8,9 @@ use tokio::io::unix::AsyncFd;
 
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
+    /// The last drain stopped at its limit: records are still waiting, and
+    /// no new wake-up may come for them.
+    more: bool,
 }
 
 impl EventStream {
@@ -15,13 +18,18 @@ impl EventStream {
         // SAFETY: the ring buffer owns its map fd and keeps it open for as
         // long as the AsyncFd owns the ring buffer.
         let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)? };
-        Ok(Self { fd })
+        Ok(Self { fd, more: false })
     }
 
     /// Waits until the probes wrote something. Readiness is cleared before
     /// returning, so a write that lands after this call (even while the
     /// caller drains) wakes the next call: nothing is left behind.
     pub async fn ready(&mut self) -> io::Result<()> {
+        if self.more {
+            // Let the other branches (signals, timers, scrapes) run first.
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
         let mut guard = self.fd.readable_mut().await?;
         guard.clear_ready();
         Ok(())
@@ -36,6 +44,7 @@ impl EventStream {
             f(&item);
             n += 1;
         }
+        self.more = n == max;
         n
     }
 }

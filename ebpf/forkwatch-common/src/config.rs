@@ -105,13 +105,17 @@ pub struct ProbeConfig {
     /// st_dev and st_ino of /proc/self/ns/pid (for `bpf_get_ns_current_pid_tgid`).
     pub pidns_dev: u64,
     pub pidns_ino: u64,
+    /// The agent's own pid (in its namespace): never tracked, so that
+    /// under `--all` its own syscalls do not feed back into the stream.
+    pub agent_pid: u32,
+    pub _pad: u32,
     pub kernel: KernelOffsets,
     pub sys: SyscallOffsets,
 }
 
 const _: () = assert!(size_of::<KernelOffsets>() == 36 * 4);
 const _: () = assert!(size_of::<SyscallOffsets>() == 26 * 4);
-const _: () = assert!(size_of::<ProbeConfig>() == 24 + 36 * 4 + 26 * 4);
+const _: () = assert!(size_of::<ProbeConfig>() == 32 + 36 * 4 + 26 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -64,6 +64,9 @@ pub fn note_fill() {
 /// The tracking entry of process `tgid`, or a synthetic one under `--all`.
 #[inline(always)]
 pub fn tracked(tgid: u32) -> Option<Tracked> {
+    if tgid == config!(agent_pid) {
+        return None;
+    }
     if config!(track_all) != 0 {
         return Some(Tracked::default());
     }
