@@ -49,6 +49,10 @@ pub enum Command {
         /// use 127.0.0.1:9867 to keep it local).
         #[arg(long = "web.listen-address", default_value = ":9867", value_parser = crate::http::parse_listen_address)]
         listen_address: std::net::SocketAddr,
+        /// TLS and basic authentication for the HTTP endpoint, in the
+        /// Prometheus exporter-toolkit web config format.
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<PathBuf>,
         /// Most findings open at once (a cap on memory; more are counted
         /// in forkwatch_limit_reached_total{limit="findings"}).
         #[arg(long, default_value_t = 10_000)]

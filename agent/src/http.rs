@@ -1,9 +1,10 @@
 //! The read-only HTTP endpoint: /metrics, /findings, /tree, /healthz.
 //!
 //! GET (and HEAD) only; no control surface. Connections are bounded in
-//! number and in time: a client that trickles its request headers
-//! (slowloris) is cut off after a few seconds and cannot hold the slots
-//! scrapes need.
+//! number and in time: a client that trickles its request headers (or its
+//! TLS handshake) is cut off after a few seconds and cannot hold the slots
+//! scrapes need. TLS and basic authentication come from `--web.config.file`
+//! (see `webconfig`).
 
 use std::{
     net::SocketAddr,
@@ -25,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
-use crate::{clock, metrics::Metrics, model::Model, output, targets::Selection};
+use crate::{clock, metrics::Metrics, model::Model, output, targets::Selection, webconfig::BasicAuth};
 
 /// Most connections served at once; the rest wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -45,14 +46,45 @@ pub struct Shared {
     pub before_scrape: Box<dyn Fn(&Shared) + Send + Sync>,
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+pub fn router(shared: Arc<Shared>, auth: Option<Arc<BasicAuth>>) -> Router {
+    let router = Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/findings", get(findings))
         .route("/tree", get(tree))
         .route("/healthz", get(healthz))
-        .with_state(shared)
+        .with_state(shared);
+    match auth {
+        Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth, require_auth)),
+        None => router,
+    }
+}
+
+/// Basic authentication on every path.
+async fn require_auth(
+    State(auth): State<Arc<BasicAuth>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // bcrypt is slow by design: off the async workers.
+    let ok = tokio::task::spawn_blocking(move || auth.check(header.as_deref()))
+        .await
+        .unwrap_or(false);
+    if ok {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"forkwatch\"")],
+            "unauthorized\n",
+        )
+            .into_response()
+    }
 }
 
 async fn index() -> impl IntoResponse {
@@ -114,8 +146,10 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Serves `router` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, router: Router) {
+/// Serves `router` on `listener` (over TLS when `tls` is set) until the
+/// task is dropped.
+pub async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls::ServerConfig>>) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = match slots.clone().acquire_owned().await {
@@ -131,14 +165,33 @@ pub async fn serve(listener: TcpListener, router: Router) {
             }
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(true);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+            let served = async {
+                match acceptor {
+                    None => builder.serve_connection(TokioIo::new(stream), service).await,
+                    Some(acceptor) => {
+                        let tls = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                debug!(%peer, "TLS handshake: {e}");
+                                return Ok(());
+                            }
+                            Err(_) => {
+                                debug!(%peer, "TLS handshake timed out");
+                                return Ok(());
+                            }
+                        };
+                        builder.serve_connection(TokioIo::new(tls), service).await
+                    }
+                }
+            };
+            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => debug!(%peer, "HTTP connection: {e}"),
                 Err(_) => debug!(%peer, "HTTP connection closed after {CONNECTION_TIMEOUT:?}"),

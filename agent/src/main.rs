@@ -20,6 +20,7 @@ mod probes;
 mod procview;
 mod startup;
 mod targets;
+mod webconfig;
 
 use std::io::IsTerminal as _;
 
@@ -84,6 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             zombie_after,
             listen_grace,
             listen_address,
+            web_config_file,
             max_open_findings,
             resolved_history,
             reconcile_interval,
@@ -97,6 +99,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 resolved_history,
                 reconcile_every: reconcile_interval,
                 log_format: cli.log_format,
+                web: match &web_config_file {
+                    Some(p) => webconfig::WebConfig::load(p)?,
+                    None => webconfig::WebConfig::none(),
+                },
             };
             tokio::runtime::Runtime::new()?.block_on(cmd::run::run(
                 selection,

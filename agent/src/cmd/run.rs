@@ -43,6 +43,7 @@ pub struct RunOptions {
     pub resolved_history: usize,
     pub reconcile_every: Duration,
     pub log_format: LogFormat,
+    pub web: crate::webconfig::WebConfig,
 }
 
 /// Records handled per lock of the model, so scrapes wait at most one batch.
@@ -107,7 +108,12 @@ pub async fn run(
         heartbeat_ns: clock::monotonic_ns().into(),
         before_scrape: Box::new(refresh_gauges),
     });
-    let server = tokio::spawn(http::serve(listener, http::router(shared.clone())));
+    let scheme = if opts.web.tls.is_some() { "https" } else { "http" };
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::router(shared.clone(), opts.web.auth.clone()),
+        opts.web.tls.clone(),
+    ));
 
     let json = match opts.log_format {
         LogFormat::Json => true,
@@ -117,7 +123,7 @@ pub async fn run(
     let log = FindingLog { json };
     let tracked = shared.model.lock().expect("model lock").len();
     info!(
-        "watching {tracked} process(es) of {}; metrics and findings on http://{bound}/ (Ctrl-C stops)",
+        "watching {tracked} process(es) of {}; metrics and findings on {scheme}://{bound}/ (Ctrl-C stops)",
         selection.server_names().join(", ")
     );
     // The start-up findings (existing zombies, leaks) come out at once.

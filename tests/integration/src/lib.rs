@@ -286,14 +286,14 @@ impl Agent {
         ])
         .args(args);
         let mut proc = Proc::spawn(cmd);
-        proc.wait_stderr(Duration::from_secs(30), "metrics and findings on http://");
+        proc.wait_stderr(Duration::from_secs(30), "metrics and findings on ");
         let http = proc
             .stderr
             .lock()
             .unwrap()
             .iter()
             .find_map(|l| {
-                let rest = &l[l.find("http://")? + 7..];
+                let rest = &l[l.find("://")? + 3..];
                 rest[..rest.find('/')?].parse().ok()
             })
             .expect("HTTP address in the agent's log");
