@@ -118,6 +118,10 @@ pub const CLD_CONTINUED: i32 = 6;
 
 /// waitid's option that leaves the child waitable (no reap).
 pub const WNOWAIT: u32 = 0x0100_0000;
+/// Report stopped children too.
+pub const WUNTRACED: u32 = 2;
+/// Report continued children too.
+pub const WCONTINUED: u32 = 8;
 
 /// A signal's name, e.g. `SIGKILL` (or `signal 42`).
 pub fn signal_name(sig: i32) -> String {

@@ -26,7 +26,9 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
-use crate::{clock, metrics::Metrics, model::Model, output, targets::Selection, webconfig::BasicAuth};
+use crate::{
+    clock, metrics::Metrics, model::Model, output, targets::Selection, webconfig::BasicAuth,
+};
 
 /// Most connections served at once; the rest wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -174,19 +176,26 @@ pub async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls
                 .keep_alive(true);
             let served = async {
                 match acceptor {
-                    None => builder.serve_connection(TokioIo::new(stream), service).await,
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
                     Some(acceptor) => {
-                        let tls = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                debug!(%peer, "TLS handshake: {e}");
-                                return Ok(());
-                            }
-                            Err(_) => {
-                                debug!(%peer, "TLS handshake timed out");
-                                return Ok(());
-                            }
-                        };
+                        let tls =
+                            match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(e)) => {
+                                    debug!(%peer, "TLS handshake: {e}");
+                                    return Ok(());
+                                }
+                                Err(_) => {
+                                    debug!(%peer, "TLS handshake timed out");
+                                    return Ok(());
+                                }
+                            };
                         builder.serve_connection(TokioIo::new(tls), service).await
                     }
                 }

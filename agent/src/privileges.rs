@@ -6,8 +6,8 @@
 //! - CAP_PERFMON: tracing programs, reading kernel memory (bpf_probe_read_kernel).
 //! - CAP_SYS_PTRACE: read other processes' /proc/PID/fd links (start-up
 //!   discovery of listening-socket holders and reconciliation).
-//! - CAP_DAC_READ_SEARCH: read tracefs format files when not running as uid 0
-//!   (tracefs directories are root-only).
+//! - CAP_DAC_READ_SEARCH (only when not uid 0): read tracefs format files
+//!   (tracefs directories are root-only) and other users' /proc/PID/fd.
 //! - CAP_SYS_ADMIN is not needed, except to mount tracefs when it is not
 //!   mounted (the agent then says so).
 
@@ -31,13 +31,23 @@ pub const NEEDED: &[(Cap, &str, &str)] = &[
     ),
 ];
 
+/// Needed only when not running as uid 0: tracefs directories and other
+/// users' /proc/PID/fd directories are not readable by permission bits.
+pub const NEEDED_UNLESS_ROOT: (Cap, &str, &str) = (
+    Cap::CAP_DAC_READ_SEARCH,
+    "CAP_DAC_READ_SEARCH",
+    "to read tracefs and other users' /proc/PID/fd when not running as uid 0",
+);
+
 /// Needed capabilities missing from the effective set. CAP_SYS_ADMIN covers
 /// CAP_BPF and CAP_PERFMON (and is what kernels before 5.8 require).
 pub fn missing() -> Vec<Missing> {
     let has = |c: Cap| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
     let admin = has(Cap::CAP_SYS_ADMIN);
+    let root = nix::unistd::geteuid().is_root();
     NEEDED
         .iter()
+        .chain((!root).then_some(&NEEDED_UNLESS_ROOT))
         .filter(|(cap, _, _)| {
             let covered = admin && matches!(cap, Cap::CAP_BPF | Cap::CAP_PERFMON);
             !covered && !has(*cap)

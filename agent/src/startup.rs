@@ -36,7 +36,7 @@ pub fn preflight() -> anyhow::Result<layout::Layout> {
         "kernel BTF is missing: forkwatch needs /sys/kernel/btf/vmlinux \
          (a kernel built with CONFIG_DEBUG_INFO_BTF=y, standard on current distributions)",
     )?;
-    let layout = layout::read(&btf, &tracefs);
+    let layout = layout::read(&btf, &tracefs::formats_root(&tracefs));
     Ok(layout)
 }
 

@@ -102,7 +102,11 @@ impl WebConfig {
 }
 
 fn resolve(dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
 }
 
 fn tls_config(t: &TlsFile, dir: &Path) -> anyhow::Result<rustls::ServerConfig> {
@@ -145,10 +149,12 @@ fn tls_config(t: &TlsFile, dir: &Path) -> anyhow::Result<rustls::ServerConfig> {
             for c in rustls_pemfile::certs(&mut pem.as_slice()) {
                 roots.add(c.context("bad CA certificate")?)?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .context("client certificate verifier")?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .context("client certificate verifier")?;
             builder.with_client_cert_verifier(verifier)
         }
         Some(other) => bail!(
@@ -220,7 +226,8 @@ mod tests {
     }
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("forkwatch-webconfig-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("forkwatch-webconfig-{name}-{}", std::process::id()));
         fs::create_dir_all(&d).unwrap();
         d
     }
@@ -229,12 +236,19 @@ mod tests {
     fn basic_auth_checks_bcrypt_and_caches() {
         let dir = tmpdir("auth");
         let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let p = write(&dir, "web.yml", &format!("basic_auth_users:\n  prom: '{hash}'\n"));
+        let p = write(
+            &dir,
+            "web.yml",
+            &format!("basic_auth_users:\n  prom: '{hash}'\n"),
+        );
         let cfg = WebConfig::load(&p).unwrap();
         let auth = cfg.auth.unwrap();
         use base64::Engine as _;
         let header = |u: &str, pw: &str| {
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pw}")))
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pw}"))
+            )
         };
         assert!(auth.check(Some(&header("prom", "s3cret"))));
         assert!(auth.check(Some(&header("prom", "s3cret"))), "cached");
@@ -250,10 +264,23 @@ mod tests {
     fn mistakes_are_clear_errors() {
         let dir = tmpdir("bad");
         let p = write(&dir, "a.yml", "basic_auth_users:\n  prom: plaintext\n");
-        assert!(WebConfig::load(&p).unwrap_err().to_string().contains("not a bcrypt hash"));
-        let p = write(&dir, "b.yml", "tls_server_config:\n  cert_file: x\n  key_file: y\n  cipher_suites: [a]\n");
+        assert!(
+            WebConfig::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("not a bcrypt hash")
+        );
+        let p = write(
+            &dir,
+            "b.yml",
+            "tls_server_config:\n  cert_file: x\n  key_file: y\n  cipher_suites: [a]\n",
+        );
         assert!(format!("{:#}", WebConfig::load(&p).unwrap_err()).contains("cipher_suites"));
-        let p = write(&dir, "c.yml", "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n");
+        let p = write(
+            &dir,
+            "c.yml",
+            "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
+        );
         assert!(format!("{:#}", WebConfig::load(&p).unwrap_err()).contains("missing.crt"));
         assert!(WebConfig::load(&dir.join("nope.yml")).is_err());
         fs::remove_dir_all(dir).unwrap();

@@ -140,6 +140,7 @@ pub fn run(load: bool) -> i32 {
     }
 
     if let (Some(btf), Some(root)) = (&btf, &tracefs_root) {
+        let root = &tracefs::formats_root(root);
         let layout = layout::read(btf, root);
         check_tracepoints(&mut r, btf, root, &layout);
         check_capabilities(&mut r, &layout);

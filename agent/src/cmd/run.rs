@@ -108,7 +108,11 @@ pub async fn run(
         heartbeat_ns: clock::monotonic_ns().into(),
         before_scrape: Box::new(refresh_gauges),
     });
-    let scheme = if opts.web.tls.is_some() { "https" } else { "http" };
+    let scheme = if opts.web.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = tokio::spawn(http::serve(
         listener,
         http::router(shared.clone(), opts.web.auth.clone()),

@@ -38,6 +38,15 @@ pub enum TracefsError {
     Format(String),
 }
 
+/// Where the tracepoint `format` files are read from: the tracefs mount,
+/// unless `FORKWATCH_TRACEFS` names another directory of the same shape.
+/// That override exists to test what happens on a kernel that lacks a
+/// tracepoint (a copy of tracefs with one event removed); probes still
+/// attach through the real tracefs.
+pub fn formats_root(mounted: &Path) -> PathBuf {
+    std::env::var_os("FORKWATCH_TRACEFS").map_or_else(|| mounted.to_path_buf(), PathBuf::from)
+}
+
 /// The tracefs mount point, if tracefs is mounted.
 pub fn find() -> Option<PathBuf> {
     [TRACEFS, DEBUGFS_TRACING]

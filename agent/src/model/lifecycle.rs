@@ -2,7 +2,7 @@
 //! children (zombies past the threshold), orphans and their new parents,
 //! fork failures.
 
-use crate::event::{Event, ExitStatus, WNOWAIT, signal_name};
+use crate::event::{Event, ExitStatus, WCONTINUED, WNOWAIT, WUNTRACED, signal_name};
 
 use super::{
     Model, Output, ProcView, Reaper, Timer,
@@ -282,10 +282,14 @@ impl Model {
         p.waits += 1;
         p.last_wait_ns = Some(now);
         p.waits_since_exec += 1;
-        let reaped = child != 0
-            && ret >= 0
-            && options & WNOWAIT == 0
-            && status.is_some_and(ExitStatus::is_exit);
+        // A child returned without WNOWAIT was reaped if it exited. Without
+        // the status (waitpid(pid, NULL, 0)) only WUNTRACED/WCONTINUED could
+        // have reported something else.
+        let exited = match status {
+            Some(s) => s.is_exit(),
+            None => options & (WUNTRACED | WCONTINUED) == 0,
+        };
+        let reaped = child != 0 && ret >= 0 && options & WNOWAIT == 0 && exited;
         if let Some(run) = p.handler_run.as_mut()
             && run.tid == ev.tid
         {
@@ -330,7 +334,10 @@ impl Model {
             });
         }
         // An orphan that was reaped before /proc told us its new parent.
+        // Reaper 0: not visible (already gone, or outside the agent's pid
+        // namespace): nothing to say about a new parent.
         if let (Some(pending), Some(r)) = (&p.reparent, reaper)
+            && r != 0
             && r != pending.old_parent
         {
             let pending = pending.clone();
@@ -484,6 +491,10 @@ impl Model {
             };
         }
         if parent.waits == 0 {
+            // Found as a zombie at start-up: the parent's past is unknown.
+            if p.exit.is_some_and(|e| e.at_ns.is_none()) {
+                return UnreapedCause::ParentNotWatched;
+            }
             return UnreapedCause::ParentNeverWaits;
         }
         UnreapedCause::ParentWaitsLate

@@ -849,3 +849,23 @@ fn a_flagged_zombie_adopted_by_init_stays_the_same_finding_until_init_reaps_it()
     assert_eq!(resolved(&out, FindingKind::UnreapedChild), vec![101]);
     assert_eq!(reaps(&out)[0].0, Reaper::Init);
 }
+
+#[test]
+fn a_wait_without_a_status_pointer_still_reaps() {
+    // waitpid(pid, NULL, 0): the probes cannot read a status, the reap is real.
+    let mut m = with_server(100);
+    m.apply(&fork(MS, 100, 101));
+    m.apply(&exit(2 * MS, 101, 100, 0));
+    let mut w = wait(3 * MS, 100, 101, 0);
+    if let Body::Wait { status, .. } = &mut w.body {
+        *status = None;
+    }
+    m.apply(&w);
+    assert!(m.process(101).is_none());
+    assert_eq!(reaps(&m.drain()).len(), 1);
+    // Its parent exiting later has no child to orphan, and a late release
+    // with an invisible reaper says nothing.
+    m.apply(&exit(4 * MS, 100, 1, 0));
+    m.apply(&release(5 * MS, 101, 0));
+    assert!(opened(&m.drain(), FindingKind::OrphanReparented).is_empty());
+}

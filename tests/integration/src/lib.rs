@@ -390,3 +390,29 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// forkwatch's programs loaded in the kernel right now (by their names).
+pub fn loaded_probe_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            p.name_as_str().is_some_and(|n| {
+                n.starts_with("sched_process")
+                    || n.starts_with("sys_enter_")
+                    || n.starts_with("sys_exit_")
+                    || n.starts_with("signal_")
+            })
+        })
+        .count()
+}
+
+/// Sum of every series of a metric family in a scrape.
+pub fn metric_sum(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -3,22 +3,7 @@
 
 use std::process::Command;
 
-use forkwatch_integration::{bin, require_root};
-
-/// Programs of ours loaded in the kernel right now (by their names).
-fn our_programs() -> usize {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| {
-            p.name_as_str().is_some_and(|n| {
-                n.starts_with("sched_process")
-                    || n.starts_with("sys_enter_")
-                    || n.starts_with("sys_exit_")
-                    || n.starts_with("signal_")
-            })
-        })
-        .count()
-}
+use forkwatch_integration::{bin, loaded_probe_programs, require_root};
 
 fn run_events(prefix: &[&str]) -> (i32, String) {
     let forkwatch = bin("forkwatch");
@@ -37,7 +22,7 @@ fn run_events(prefix: &[&str]) -> (i32, String) {
 #[test]
 fn without_privileges_one_line_and_nothing_attached() {
     require_root();
-    let before = our_programs();
+    let before = loaded_probe_programs();
 
     // Not root at all.
     let (code, err) = run_events(&[
@@ -75,7 +60,7 @@ fn without_privileges_one_line_and_nothing_attached() {
     );
 
     assert_eq!(
-        our_programs(),
+        loaded_probe_programs(),
         before,
         "programs left loaded after the failures"
     );
