@@ -627,6 +627,24 @@ mod tests {
         assert_eq!(Event::decode(&h), Err(DecodeError::UnknownKind(99)));
     }
 
+    proptest::proptest! {
+        /// Any bytes decode to an event or an error, never a panic; a known
+        /// kind with a full-size record always decodes.
+        #[test]
+        fn hostile_records_do_not_panic(mut bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), kind in 0u32..20) {
+            let _ = Event::decode(&bytes);
+            if bytes.len() >= 4 {
+                bytes[..4].copy_from_slice(&kind.to_le_bytes());
+                let decoded = Event::decode(&bytes);
+                if let Ok(k) = wire::EventKind::try_from(kind) {
+                    proptest::prop_assert_eq!(decoded.is_ok(), bytes.len() >= wire::event_size(k));
+                } else {
+                    proptest::prop_assert!(decoded.is_err());
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_kind_decodes_from_zeroed_bytes() {
         for kind in wire::EventKind::ALL {

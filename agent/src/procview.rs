@@ -45,12 +45,17 @@ impl ProcView for RealProc {
     }
 
     fn waits_for_connections(&self, pid: u32) -> bool {
-        // /proc/PID/syscall: "NR arg1 ..." while blocked in a syscall.
         std::fs::read_to_string(format!("/proc/{pid}/syscall"))
             .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+            .and_then(|s| syscall_nr(&s))
             .is_some_and(|nr| WAITING_FOR_CONNECTIONS.contains(&nr))
     }
+}
+
+/// The syscall number in /proc/PID/syscall: `NR arg1 ... sp pc` while
+/// blocked in a syscall, `-1 sp pc` in user space, `running` otherwise.
+fn syscall_nr(text: &str) -> Option<i64> {
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// What /proc shows of the selection's processes (targets and descendants),
@@ -97,4 +102,27 @@ pub fn snapshot(selection: &Selection, also: &HashSet<u32>) -> (Snapshot, BTreeM
         holders,
     };
     (snap, procs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_lines() {
+        assert_eq!(
+            syscall_nr("43 0x3 0x7ffd 0x0 0x0 0x0 0x0 0x7ffd 0x7f\n"),
+            Some(43)
+        );
+        assert_eq!(syscall_nr("-1 0x7ffd 0x7f\n"), Some(-1));
+        assert_eq!(syscall_nr("running\n"), None);
+        assert_eq!(syscall_nr(""), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hostile_syscall_files_do_not_panic(text in "\\PC*") {
+            let _ = syscall_nr(&text);
+        }
+    }
 }

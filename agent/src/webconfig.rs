@@ -260,6 +260,19 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the file holds: a config or an error, never a panic.
+        #[test]
+        fn hostile_web_configs_do_not_panic(text in "\\PC{0,200}", key in "[a-z_]{1,20}", value in "\\PC{0,40}") {
+            let dir = tmpdir("prop");
+            let p = write(&dir, "w.yml", &text);
+            let _ = WebConfig::load(&p);
+            let p = write(&dir, "w.yml", &format!("tls_server_config:\n  {key}: {value:?}\nbasic_auth_users:\n  {key}: {value:?}\n"));
+            let _ = WebConfig::load(&p);
+        }
+    }
+
     #[test]
     fn mistakes_are_clear_errors() {
         let dir = tmpdir("bad");

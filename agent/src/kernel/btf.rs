@@ -221,6 +221,14 @@ impl Btf {
 
     /// Size in bytes of a type.
     pub fn size_of(&self, id: u32) -> Result<u32, BtfError> {
+        self.size_of_depth(id, 0)
+    }
+
+    /// Bounded: corrupt BTF can make arrays of themselves.
+    fn size_of_depth(&self, id: u32, depth: u32) -> Result<u32, BtfError> {
+        if depth > 32 {
+            return Err(BtfError::Malformed(format!("type {id} nests too deep")));
+        }
         let id = self.resolve(id)?;
         Ok(match self.get(id)? {
             Type::Int { size, .. }
@@ -228,7 +236,9 @@ impl Btf {
             | Type::Float { size, .. }
             | Type::Aggregate { size, .. } => *size,
             Type::Ptr { .. } => 8,
-            Type::Array { elem, nelems } => self.size_of(*elem)?.saturating_mul(*nelems),
+            Type::Array { elem, nelems } => self
+                .size_of_depth(*elem, depth + 1)?
+                .saturating_mul(*nelems),
             _ => 0,
         })
     }
@@ -351,17 +361,26 @@ impl Btf {
 
     /// A C spelling of type `id`, for messages and comparisons.
     pub fn type_name(&self, id: u32) -> String {
+        self.type_name_depth(id, 0)
+    }
+
+    /// Bounded: corrupt BTF can make pointers to themselves.
+    fn type_name_depth(&self, id: u32, depth: u32) -> String {
         let Ok(ty) = self.get(id) else {
             return format!("<type {id}>");
         };
+        if depth > 32 {
+            return "...".into();
+        }
+        let name = |t: u32| self.type_name_depth(t, depth + 1);
         match ty {
             Type::Void => "void".into(),
             Type::Int { name_off, .. } | Type::Float { name_off, .. } => {
                 self.name(*name_off).to_string()
             }
             Type::Typedef { name_off, .. } => self.name(*name_off).to_string(),
-            Type::Ptr { target } => format!("{} *", self.type_name(*target)),
-            Type::Array { elem, nelems } => format!("{}[{nelems}]", self.type_name(*elem)),
+            Type::Ptr { target } => format!("{} *", name(*target)),
+            Type::Array { elem, nelems } => format!("{}[{nelems}]", name(*elem)),
             Type::Aggregate {
                 is_union, name_off, ..
             } => {
@@ -370,7 +389,7 @@ impl Btf {
             }
             Type::Enum { name_off, .. } => format!("enum {}", self.name(*name_off)),
             Type::Fwd { name_off } => format!("struct {}", self.name(*name_off)),
-            Type::Modifier { target } => self.type_name(*target),
+            Type::Modifier { target } => name(*target),
             Type::FuncProto { .. } => "fn".into(),
             Type::Other => format!("<type {id}>"),
         }
@@ -692,6 +711,52 @@ pub(crate) mod tests {
         let mut b = Builder::new();
         let int = b.int("int", 4);
         b.aggregate("s", false, 4, &[("a", int, 0, 0)]);
+        b.build()
+    }
+
+    proptest::proptest! {
+        /// Random bytes, and valid BTF with random bytes changed: errors,
+        /// never a panic, a hang or a stack overflow, in parsing or lookups.
+        #[test]
+        fn hostile_btf_is_an_error_not_a_panic(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 0..16),
+        ) {
+            let _ = Btf::parse(&noise);
+            let mut bytes = sample_blob();
+            for (at, v) in flips {
+                let n = bytes.len();
+                bytes[at % n] = v;
+            }
+            if let Ok(btf) = Btf::parse(&bytes) {
+                let _ = btf.member("task_struct", "pid");
+                let _ = btf.member("task_struct", "hidden");
+                let _ = btf.member("task_struct", "ns.inum");
+                let _ = btf.raw_tracepoint_params("demo");
+                for id in 0..16 {
+                    let _ = btf.size_of(id);
+                    let _ = btf.type_name(id);
+                }
+            }
+        }
+    }
+
+    fn sample_blob() -> Vec<u8> {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let inner = b.aggregate("", false, 8, &[("hidden", int, 32, 0)]);
+        let ns = b.aggregate("ns_common", false, 8, &[("inum", int, 0, 0)]);
+        let task = b.aggregate(
+            "task_struct",
+            false,
+            64,
+            &[("pid", int, 0, 0), ("", inner, 64, 0), ("ns", ns, 128, 0)],
+        );
+        let ptask = b.ptr(task);
+        let void_ptr = b.ptr(0);
+        let proto = b.func_proto(&[void_ptr, ptask, int]);
+        let pproto = b.ptr(proto);
+        b.typedef("btf_trace_demo", pproto);
         b.build()
     }
 

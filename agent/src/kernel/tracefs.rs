@@ -266,6 +266,20 @@ format:
         assert!(Format::parse("name: x\nID: 1\n\tfield:int a;\toffset:zz;\tsize:4;").is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a format file holds, parsing gives a result or an error.
+        #[test]
+        fn hostile_format_files_do_not_panic(text in "\\PC*", lines in proptest::collection::vec("[a-z_ :;\\[\\]0-9\t]{0,60}", 0..20)) {
+            let _ = Format::parse(&text);
+            let joined = format!("name: x\nID: 1\nformat:\n{}", lines.iter().map(|l| format!("\tfield:{l}")).collect::<Vec<_>>().join("\n"));
+            if let Ok(f) = Format::parse(&joined) {
+                for field in &f.fields {
+                    let _ = f.slot_offset(&field.name);
+                }
+            }
+        }
+    }
+
     #[test]
     fn running_kernel_formats_parse() {
         let Some(root) = find() else {
