@@ -26,7 +26,7 @@ fn main() {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).unwrap();
     let mut held: Vec<(i32, Instant)> = Vec::new();
-    let mut reap = |pid: i32, out: &mut std::io::StdoutLock<'_>| {
+    let reap = |pid: i32, out: &mut std::io::StdoutLock<'_>| {
         // SAFETY: plain waitpid on our child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
         writeln!(out, "reaped {pid}").unwrap();
