@@ -158,27 +158,54 @@ fn in_cgroup(cg: &str, target: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// The cgroup v2 path relative to the hierarchy root and its id (the
-/// directory's inode number, which is what bpf_get_current_cgroup_id returns).
-/// Accepts `/sys/fs/cgroup/a/b` or `/a/b`.
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on unified
+/// systems, `/sys/fs/cgroup/unified` (or elsewhere) on hybrid ones.
+pub fn cgroup2_mounts() -> Vec<PathBuf> {
+    let Ok(me) = procfs::process::Process::myself() else {
+        return Vec::new();
+    };
+    let Ok(infos) = me.mountinfo() else {
+        return Vec::new();
+    };
+    infos
+        .into_iter()
+        .filter(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
+        .collect()
+}
+
+/// The cgroup v2 path relative to the hierarchy root (as /proc/PID/cgroup
+/// shows it after `0::`) and its id (the directory's inode number, which is
+/// what bpf_get_current_cgroup_id returns). Accepts a directory under a
+/// cgroup2 mount, or a path relative to the hierarchy root (`/a/b`).
 pub fn cgroup_id(path: &Path) -> anyhow::Result<(String, u64)> {
-    let full = if path.starts_with(CGROUP2_ROOT) {
-        path.to_path_buf()
-    } else {
-        Path::new(CGROUP2_ROOT).join(path.strip_prefix("/").unwrap_or(path))
+    let mounts = cgroup2_mounts();
+    if mounts.is_empty() {
+        bail!(
+            "no cgroup v2 hierarchy is mounted (mount -t cgroup2 none {CGROUP2_ROOT}, or use --pid/--comm)"
+        );
+    }
+    let (mount, full) = match mounts.iter().find(|m| path.starts_with(m)) {
+        Some(m) => (m.clone(), path.to_path_buf()),
+        None => {
+            let m = mounts[0].clone();
+            let full = m.join(path.strip_prefix("/").unwrap_or(path));
+            (m, full)
+        }
     };
     let meta = std::fs::metadata(&full).with_context(|| {
         format!(
-            "cgroup {} not found: give a cgroup v2 directory, e.g. the path in /proc/PID/cgroup \
-             after `0::`",
-            full.display()
+            "cgroup {} not found: give a cgroup v2 directory (under {}), or the path /proc/PID/cgroup \
+             shows after `0::`",
+            full.display(),
+            mount.display()
         )
     })?;
     if !meta.is_dir() {
         bail!("{} is not a cgroup directory", full.display());
     }
     let rel = full
-        .strip_prefix(CGROUP2_ROOT)
+        .strip_prefix(&mount)
         .map(|r| format!("/{}", r.display()))
         .unwrap_or_else(|_| "/".into());
     let rel = if rel == "/" {

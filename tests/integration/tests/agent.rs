@@ -437,3 +437,96 @@ fn a_late_agent_reports_existing_zombies_and_leaks_within_a_second() {
         "took {took:?} after the agent was ready"
     );
 }
+
+/// A cgroup v2 directory for the test, mounting the hierarchy if this
+/// machine has none (hybrid cgroup v1 hosts); removed on drop.
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    mounted: Option<std::path::PathBuf>,
+}
+
+impl TestCgroup {
+    fn new() -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let existing = mountinfo.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split(' ').next()? == "cgroup2")
+                .then(|| pre.split(' ').nth(4).unwrap().to_string())
+        });
+        let (root, mounted) = match existing {
+            Some(m) => (std::path::PathBuf::from(m), None),
+            None => {
+                let m = std::env::temp_dir().join(format!("forkwatch-cg2-{}", std::process::id()));
+                std::fs::create_dir_all(&m).unwrap();
+                let ok = Command::new("mount")
+                    .args(["-t", "cgroup2", "none"])
+                    .arg(&m)
+                    .status()
+                    .unwrap();
+                assert!(ok.success(), "cannot mount cgroup2");
+                (m.clone(), Some(m))
+            }
+        };
+        let dir = root.join(format!("forkwatch-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir, mounted }
+    }
+
+    /// `forkserver ARGS` started inside the cgroup (it execs there).
+    fn server(&self, args: &str) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {} --port 0 {args}",
+            self.dir.display(),
+            bin("forkserver").display()
+        ));
+        Server::from_command(cmd)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Empty by now (the servers were stopped first); bounded retries.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(m) = &self.mounted {
+            let _ = Command::new("umount").arg(m).status();
+            let _ = std::fs::remove_dir(m);
+        }
+    }
+}
+
+#[test]
+fn a_cgroup_target_follows_processes_found_and_started_in_it() {
+    require_root();
+    let _serial = serial();
+    let cg = TestCgroup::new();
+    let before = cg.server("--reap none");
+    let agent = Agent::start(&[
+        "--cgroup",
+        cg.dir.to_str().unwrap(),
+        "--zombie-after",
+        "500ms",
+    ]);
+    // Exec'd inside the cgroup after the agent started: tracked by the kernel at exec.
+    let after = cg.server("--reap none");
+    before.burst(1, "50ms");
+    after.burst(1, "50ms");
+    let name = cg.dir.file_name().unwrap().to_str().unwrap().to_string();
+    let zombies = || {
+        let mut z = procfs::zombie_children(before.pid);
+        z.extend(procfs::zombie_children(after.pid));
+        z.sort_unstable();
+        z
+    };
+    agrees_with_proc(&agent, "unreaped_child", zombies, Some(2));
+    for f in agent.open("unreaped_child") {
+        assert_eq!(f["server"], name.as_str());
+    }
+    drop(before);
+    drop(after);
+}
