@@ -11,9 +11,11 @@ Python 3 standard library only.
 
     check_queries.py --prometheus http://127.0.0.1:9090
         Run each expression through /api/v1/query and report the ones that
-        fail or return no data. The alert rules' expressions are run too, but
-        only errors count for them (an alert expression is empty when nothing
-        fires). Exit status 1 if any dashboard expression errors or is empty
+        fail or return no data (no series, or only NaN values, e.g.
+        histogram_quantile() over a histogram without observations in the
+        range). The alert rules' expressions are run too, but only errors
+        count for them (an alert expression is empty when nothing fires).
+        Exit status 1 if any dashboard expression errors or is empty
         (annotation queries may be empty), 0 otherwise. --parse-only: only
         errors count (for a Prometheus without forkwatch data).
 
@@ -337,7 +339,10 @@ def query(url, expr):
     data = body["data"]
     if data["resultType"] in ("scalar", "string"):
         return 1, None
-    return len(data["result"]), None
+    # A series whose value is NaN is no data: histogram_quantile() over a
+    # histogram without observations in the range returns one per group,
+    # and Grafana draws nothing for it.
+    return sum(1 for r in data["result"] if r.get("value", [None, ""])[1] != "NaN"), None
 
 
 def do_prometheus(url, exprs, parse_only):

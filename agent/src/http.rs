@@ -101,8 +101,6 @@ async fn index() -> impl IntoResponse {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     (s.before_scrape)(&s);
     let body = s.metrics.render();
-    // The fill gauge is a high-water mark per scrape interval.
-    s.metrics.ring_used.set(0.0);
     (
         [(
             header::CONTENT_TYPE,

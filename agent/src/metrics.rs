@@ -212,7 +212,7 @@ impl Metrics {
             ring_used: {
                 let g = Gauge::new(
                     "forkwatch_ring_buffer_used_ratio",
-                    "Highest fill of the event ring buffer seen since the last scrape (0 to 1).",
+                    "Highest fill of the event ring buffer over the last minute (0 to 1).",
                 )
                 .expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");

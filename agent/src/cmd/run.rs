@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub web: crate::webconfig::WebConfig,
 }
 
+/// Housekeeping turns (250 ms each) the ring-buffer fill gauge looks back over: a minute.
+const FILL_WINDOW: usize = 240;
+
 /// Records handled per lock of the model, so scrapes wait at most one batch.
 const BATCH: usize = 4096;
 /// Reconciliations after lost events are at most this frequent.
@@ -139,6 +142,7 @@ pub async fn run(
     let mut lost_seen = vec![0u64; forkwatch_common::MAX_EVENT_KIND as usize + 1];
     let mut last_reconcile = clock::monotonic_ns();
     let mut kernel_full_seen = (0u64, 0u64);
+    let mut fill_window: std::collections::VecDeque<f64> = std::collections::VecDeque::new();
     let reconcile_every = opts.reconcile_every.as_nanos() as u64;
 
     loop {
@@ -170,19 +174,28 @@ pub async fn run(
                     }
                 }
                 if counters.tracked_full > kernel_full_seen.0 {
+                    warn!(
+                        "the kernel's tracked-process table is full (--max-processes): {} new processes are not followed",
+                        counters.tracked_full - kernel_full_seen.0
+                    );
                     shared.metrics.limits.with_label_values(&["kernel_processes"]).inc_by(counters.tracked_full - kernel_full_seen.0);
                     kernel_full_seen.0 = counters.tracked_full;
                 }
                 if counters.listen_full > kernel_full_seen.1 {
+                    warn!("the kernel's listening-socket table is full: new listening sockets are not followed");
                     shared.metrics.limits.with_label_values(&["kernel_listen_sockets"]).inc_by(counters.listen_full - kernel_full_seen.1);
                     kernel_full_seen.1 = counters.listen_full;
                 }
-                // The gauge keeps the highest fill until the next scrape reads it.
+                // The gauge is the highest fill of the last minute, whoever
+                // reads it (a reset on scrape would hand the peak to the
+                // first of two Prometheus servers, or to a curl).
                 let ratio = counters.ring_high_water as f64 / f64::from(started.probes.ring_buffer_bytes().max(1));
-                if ratio > shared.metrics.ring_used.get() {
-                    shared.metrics.ring_used.set(ratio.min(1.0));
-                }
                 started.probes.reset_ring_high_water();
+                fill_window.push_back(ratio.min(1.0));
+                if fill_window.len() > FILL_WINDOW {
+                    fill_window.pop_front();
+                }
+                shared.metrics.ring_used.set(fill_window.iter().copied().fold(0.0, f64::max));
                 let now = clock::monotonic_ns();
                 let periodic = now.saturating_sub(last_reconcile) >= reconcile_every;
                 if (lost_now && now.saturating_sub(last_reconcile) >= MIN_RECONCILE_GAP_NS) || periodic {

@@ -144,6 +144,10 @@ impl Proc {
 
     /// Sends `sig` and waits (bounded) for the exit; returns the status.
     pub fn stop_with(&mut self, sig: Signal, timeout: Duration) -> std::process::ExitStatus {
+        // Already reaped: its pid may belong to someone else now.
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            return status;
+        }
         self.signal(sig);
         let deadline = Instant::now() + timeout;
         loop {

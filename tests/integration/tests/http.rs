@@ -27,13 +27,21 @@ fn only_reads_are_served() {
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         let status = request(
             agent.http,
-            &format!("{method} /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            &format!(
+                "{method} /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
         );
         assert!(status.contains(" 405 "), "{method}: {status}");
     }
-    let status = request(agent.http, "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let status = request(
+        agent.http,
+        "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(status.contains(" 200 "), "{status}");
-    let status = request(agent.http, "GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let status = request(
+        agent.http,
+        "GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(status.contains(" 404 "), "{status}");
 }
 
@@ -80,8 +88,17 @@ fn tls_and_basic_auth_from_a_web_config_file() {
     let dir = std::env::temp_dir().join(format!("forkwatch-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-        .args(["-keyout", "server.key", "-out", "server.crt", "-subj", "/CN=localhost"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-subj",
+            "/CN=localhost",
+        ])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
         .current_dir(&dir)
         .output()
@@ -102,7 +119,15 @@ fn tls_and_basic_auth_from_a_web_config_file() {
     let agent = Agent::start(&["--pid", "1", "--web.config.file", web.to_str().unwrap()]);
     let curl = |args: &[&str]| -> String {
         let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
             .args(["--cacert", dir.join("server.crt").to_str().unwrap()])
             .args(args)
             .output()
@@ -125,9 +150,20 @@ fn a_bad_web_config_is_a_clear_error() {
     require_root();
     let dir = std::env::temp_dir().join(format!("forkwatch-badweb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("web.yml"), "basic_auth_users:\n  prometheus: plaintext\n").unwrap();
+    std::fs::write(
+        dir.join("web.yml"),
+        "basic_auth_users:\n  prometheus: plaintext\n",
+    )
+    .unwrap();
     let out = Command::new(forkwatch_integration::bin("forkwatch"))
-        .args(["run", "--pid", "1", "--web.listen-address", "127.0.0.1:0", "--web.config.file"])
+        .args([
+            "run",
+            "--pid",
+            "1",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--web.config.file",
+        ])
         .arg(dir.join("web.yml"))
         .output()
         .unwrap();
