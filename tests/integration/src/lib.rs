@@ -289,6 +289,13 @@ impl Agent {
             "127.0.0.1:0",
         ])
         .args(args);
+        Self::from_command(cmd)
+    }
+
+    /// Starts a command that runs the agent (under setpriv, with a special
+    /// environment, ...) with JSON logs on stderr; waits until it says it is
+    /// watching and takes its HTTP address from that line.
+    pub fn from_command(cmd: Command) -> Self {
         let mut proc = Proc::spawn(cmd);
         proc.wait_stderr(Duration::from_secs(30), "metrics and findings on ");
         let http = proc

@@ -437,26 +437,16 @@ fn least_privilege_four_capabilities_and_not_one_less() {
             "127.0.0.1:0",
         ])
         .args(["--pid", &server.pid.to_string(), "--zombie-after", "500ms"]);
-    let mut agent_proc = Proc::spawn(cmd);
-    agent_proc.wait_stderr(Duration::from_secs(30), "metrics and findings on ");
-    let http: std::net::SocketAddr = agent_proc
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            let rest = &l[l.find("://")? + 3..];
-            rest[..rest.find('/')?].parse().ok()
-        })
-        .unwrap();
+    let agent = Agent::from_command(cmd);
     server.burst(1, "50ms");
     poll(Duration::from_secs(5), || {
-        http_get(http, "/findings")
+        agent
+            .get("/findings")
             .contains("unreaped_child")
             .then_some(())
     })
     .expect("the unprivileged agent flags the zombie");
-    drop(agent_proc);
+    drop(agent);
     // One less: a one-line error naming it.
     for (i, missing) in all.iter().enumerate() {
         let caps: Vec<&str> = all
@@ -523,27 +513,18 @@ fn a_kernel_without_a_tracepoint_disables_only_that_capability() {
             "127.0.0.1:0",
         ])
         .args(["--pid", &server.pid.to_string(), "--zombie-after", "500ms"]);
-    let mut proc = Proc::spawn(cmd);
-    proc.wait_stderr(Duration::from_secs(30), "metrics and findings on ");
-    let http: std::net::SocketAddr = proc
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            let rest = &l[l.find("://")? + 3..];
-            rest[..rest.find('/')?].parse().ok()
-        })
-        .unwrap();
+    let agent = Agent::from_command(cmd);
     assert!(
-        proc.stderr
+        agent
+            .proc
+            .stderr
             .lock()
             .unwrap()
             .iter()
             .any(|l| l.contains("capability disabled")),
         "a log line says so"
     );
-    let m = http_get(http, "/metrics");
+    let m = agent.get("/metrics");
     assert_eq!(
         metric_value(&m, "forkwatch_capability_enabled{capability=\"wait\"}"),
         0.0
@@ -555,11 +536,12 @@ fn a_kernel_without_a_tracepoint_disables_only_that_capability() {
     // The rest keeps working: zombies are still found.
     server.burst(1, "50ms");
     poll(Duration::from_secs(5), || {
-        http_get(http, "/findings")
+        agent
+            .get("/findings")
             .contains("unreaped_child")
             .then_some(())
     })
     .expect("zombies still flagged without the wait probes");
-    drop(proc);
+    drop(agent);
     std::fs::remove_dir_all(fake).unwrap();
 }
