@@ -41,6 +41,8 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Shared {
     pub model: Mutex<Model>,
     pub metrics: Metrics,
+    /// Resolved metric handles for the per-event path.
+    pub handles: crate::metrics::Handles,
     pub selection: Selection,
     /// Monotonic ns of the event loop's last turn (for /healthz).
     pub heartbeat_ns: AtomicU64,

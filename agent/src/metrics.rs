@@ -3,8 +3,8 @@
 //! exists from start-up at zero.
 
 use prometheus::{
-    Encoder as _, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::{
@@ -24,13 +24,6 @@ pub const ERRNOS: [(u32, &str); 5] = [
     (4, "EINTR"),
 ];
 
-pub fn errno_label(errno: u32) -> &'static str {
-    ERRNOS
-        .iter()
-        .find(|(n, _)| *n == errno)
-        .map_or("other", |(_, name)| name)
-}
-
 /// Reap latencies span a correct handler's microseconds to a zombie's minutes.
 const REAP_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
@@ -40,6 +33,39 @@ const REAP_BUCKETS: &[f64] = &[
 const LIFETIME_BUCKETS: &[f64] = &[
     0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0,
 ];
+
+/// Metric children of one server, resolved once.
+pub struct ServerHandles {
+    forks: IntCounter,
+    exited: IntCounter,
+    signaled: IntCounter,
+    reaps: [IntCounter; 4],
+    reap_latency: Histogram,
+    lifetime: Histogram,
+    orphans_init: IntCounter,
+    orphans_subreaper: IntCounter,
+    leaks_inherited: IntCounter,
+    leaks_across_exec: IntCounter,
+    closed_at_exit: IntCounter,
+    coalesced: IntCounter,
+    /// By `ERRNOS` index, then `other`.
+    fork_failures: [IntCounter; ERRNOS.len() + 1],
+    findings_total: [IntCounter; FindingKind::ALL.len()],
+}
+
+/// All the resolved handles: by server id, and events by kind.
+pub struct Handles {
+    servers: Vec<ServerHandles>,
+    /// By `EventKind` number minus one.
+    events: [IntCounter; forkwatch_common::MAX_EVENT_KIND as usize],
+}
+
+impl Handles {
+    /// Counts one event received from the probes.
+    pub fn event(&self, kind: forkwatch_common::EventKind) {
+        self.events[kind as usize - 1].inc();
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -302,76 +328,104 @@ impl Metrics {
         m
     }
 
-    /// Counts what the model reported. `name` maps a server id to its label.
-    pub fn record(&self, out: &Output, name: &dyn Fn(u32) -> String) {
-        match out {
-            Output::Forked { server } => self.forks.with_label_values(&[&name(*server)]).inc(),
-            Output::Exited {
-                server,
-                signaled,
-                lifetime_s,
-            } => {
-                let s = name(*server);
-                let how = if *signaled { "signaled" } else { "exited" };
-                self.exits.with_label_values(&[&s, how]).inc();
-                if let Some(l) = lifetime_s {
-                    self.lifetime.with_label_values(&[&s]).observe(*l);
+    /// Resolved counter and histogram handles for each server id (index =
+    /// id), so the per-event path increments without hashing label values.
+    pub fn handles(&self, server_names_by_id: &[String]) -> Handles {
+        let servers = server_names_by_id
+            .iter()
+            .map(|s| {
+                let s = s.as_str();
+                ServerHandles {
+                    forks: self.forks.with_label_values(&[s]),
+                    exited: self.exits.with_label_values(&[s, "exited"]),
+                    signaled: self.exits.with_label_values(&[s, "signaled"]),
+                    reaps: Reaper::ALL.map(|r| self.reaps.with_label_values(&[s, r.name()])),
+                    reap_latency: self.reap_latency.with_label_values(&[s]),
+                    lifetime: self.lifetime.with_label_values(&[s]),
+                    orphans_init: self
+                        .orphans
+                        .with_label_values(&[s, NewParentKind::Init.name()]),
+                    orphans_subreaper: self
+                        .orphans
+                        .with_label_values(&[s, NewParentKind::Subreaper.name()]),
+                    leaks_inherited: self.leaks.with_label_values(&[s, "inherited"]),
+                    leaks_across_exec: self.leaks.with_label_values(&[s, "across_exec"]),
+                    closed_at_exit: self.closed_at_exit.with_label_values(&[s]),
+                    coalesced: self.coalesced.with_label_values(&[s]),
+                    fork_failures: std::array::from_fn(|i| {
+                        let label = ERRNOS.get(i).map_or("other", |(_, e)| e);
+                        self.fork_failures.with_label_values(&[s, label])
+                    }),
+                    findings_total: FindingKind::ALL
+                        .map(|k| self.findings_total.with_label_values(&[s, k.name()])),
                 }
-            }
-            Output::Reaped {
-                server,
-                reaper,
-                latency_s,
-            } => {
-                let s = name(*server);
-                self.reaps.with_label_values(&[&s, reaper.name()]).inc();
-                if let Some(l) = latency_s {
-                    self.reap_latency.with_label_values(&[&s]).observe(*l);
-                }
-            }
-            Output::Orphaned { server, new_parent } => self
-                .orphans
-                .with_label_values(&[&name(*server), new_parent.name()])
-                .inc(),
-            Output::SigchldCoalesced { server } => {
-                self.coalesced.with_label_values(&[&name(*server)]).inc()
-            }
-            Output::ForkFailed { server, errno } => self
-                .fork_failures
-                .with_label_values(&[&name(*server), errno_label(*errno)])
-                .inc(),
-            Output::ListenFdLeak {
-                server,
-                across_exec,
-            } => {
-                let kind = if *across_exec {
-                    "across_exec"
-                } else {
-                    "inherited"
-                };
-                self.leaks.with_label_values(&[&name(*server), kind]).inc();
-            }
-            Output::ListenFdClosedAtExit { server } => {
-                self.closed_at_exit
-                    .with_label_values(&[&name(*server)])
-                    .inc();
-            }
-            Output::FindingOpened(f) => self
-                .findings_total
-                .with_label_values(&[&name(f.server), f.kind.name()])
-                .inc(),
-            Output::LimitReached(l) => {
+            })
+            .collect();
+        Handles {
+            servers,
+            events: forkwatch_common::EventKind::ALL
+                .map(|k| self.events.with_label_values(&[k.name()])),
+        }
+    }
+
+    /// Counts what the model reported.
+    pub fn record(&self, h: &Handles, out: &Output) {
+        let Some(s) = out.server().and_then(|id| h.servers.get(id as usize)) else {
+            if let Output::LimitReached(l) = out {
                 let label = match l {
                     crate::model::Limit::Processes => "processes",
                     crate::model::Limit::Findings => "findings",
                 };
                 self.limits.with_label_values(&[label]).inc();
             }
-            Output::FindingUpdated(_)
-            | Output::FindingResolved(_)
-            | Output::Untrack { .. }
-            | Output::SocketGone { .. }
-            | Output::TargetExited { .. } => {}
+            return;
+        };
+        match out {
+            Output::Forked { .. } => s.forks.inc(),
+            Output::Exited {
+                signaled,
+                lifetime_s,
+                ..
+            } => {
+                if *signaled {
+                    s.signaled.inc()
+                } else {
+                    s.exited.inc()
+                }
+                if let Some(l) = lifetime_s {
+                    s.lifetime.observe(*l);
+                }
+            }
+            Output::Reaped {
+                reaper, latency_s, ..
+            } => {
+                s.reaps[*reaper as usize].inc();
+                if let Some(l) = latency_s {
+                    s.reap_latency.observe(*l);
+                }
+            }
+            Output::Orphaned { new_parent, .. } => match new_parent {
+                NewParentKind::Init => s.orphans_init.inc(),
+                NewParentKind::Subreaper => s.orphans_subreaper.inc(),
+            },
+            Output::SigchldCoalesced { .. } => s.coalesced.inc(),
+            Output::ForkFailed { errno, .. } => {
+                let i = ERRNOS
+                    .iter()
+                    .position(|(n, _)| n == errno)
+                    .unwrap_or(ERRNOS.len());
+                s.fork_failures[i].inc();
+            }
+            Output::ListenFdLeak { across_exec, .. } => {
+                if *across_exec {
+                    s.leaks_across_exec.inc()
+                } else {
+                    s.leaks_inherited.inc()
+                }
+            }
+            Output::ListenFdClosedAtExit { .. } => s.closed_at_exit.inc(),
+            Output::FindingOpened(f) => s.findings_total[f.kind as usize].inc(),
+            _ => {}
         }
     }
 

@@ -83,6 +83,8 @@ pub async fn run(
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let metrics = Metrics::new(&selection.server_names(), &kernel);
+    let ids: Vec<String> = selection.targets.iter().map(|(_, n)| n.clone()).collect();
+    let handles = metrics.handles(&ids);
     for cap in Capability::ALL {
         let up = !started.probes.disabled.contains_key(&cap);
         metrics
@@ -107,6 +109,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         model: Mutex::new(model),
         metrics,
+        handles,
         selection: selection.clone(),
         heartbeat_ns: clock::monotonic_ns().into(),
         before_scrape: Box::new(refresh_gauges),
@@ -228,11 +231,7 @@ fn apply_ready(shared: &Shared, stream: &mut EventStream) {
         let mut model = shared.model.lock().expect("model lock");
         let n = stream.drain_now(BATCH, |bytes| match Event::decode(bytes) {
             Ok(ev) => {
-                shared
-                    .metrics
-                    .events
-                    .with_label_values(&[ev.body.kind().name()])
-                    .inc();
+                shared.handles.event(ev.body.kind());
                 model.apply(&ev);
             }
             Err(e) => warn!("undecodable event: {e}"),
@@ -301,10 +300,9 @@ fn handle_outputs(shared: &Shared, probes: &mut crate::probes::loader::Probes, l
     if outputs.is_empty() {
         return;
     }
-    let name = |s: u32| shared.selection.server_name(s).to_string();
     let now = clock::monotonic_ns();
     for out in &outputs {
-        shared.metrics.record(out, &name);
+        shared.metrics.record(&shared.handles, out);
         match out {
             Output::FindingOpened(f) => log.write("opened", f, &shared.selection, now),
             // Updates (new counts on an open finding) are in /findings; a

@@ -227,13 +227,14 @@ impl Finding {
     }
 }
 
-/// What makes two findings the same one: kind, process identity, and the
-/// socket or errno for the kinds that can have several per process.
+/// What makes two findings the same one: process identity, kind, and the
+/// socket or errno for the kinds that can have several per process. The
+/// field order is the sort order: a process's findings are one range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FindingKey {
-    pub kind: FindingKind,
     pub pid: u32,
     pub start_ns: u64,
+    pub kind: FindingKind,
     pub detail: u64,
 }
 
@@ -322,21 +323,26 @@ impl Findings {
         Some(Change::Resolved(f))
     }
 
-    /// Keys of the open findings about process (`pid`, `start_ns`).
+    /// Keys of the open findings about process (`pid`, `start_ns`): one
+    /// range of the ordered map, so an exit costs O(log n), not a scan.
     pub fn keys_of(&self, pid: u32, start_ns: u64) -> Vec<FindingKey> {
-        self.open
-            .keys()
-            .filter(|k| k.pid == pid && k.start_ns == start_ns)
-            .copied()
-            .collect()
+        let lo = FindingKey {
+            pid,
+            start_ns,
+            kind: FindingKind::ALL[0],
+            detail: 0,
+        };
+        let hi = FindingKey {
+            pid,
+            start_ns,
+            kind: FindingKind::ALL[FindingKind::ALL.len() - 1],
+            detail: u64::MAX,
+        };
+        self.open.range(lo..=hi).map(|(k, _)| *k).collect()
     }
 
     pub fn open_findings(&self) -> impl Iterator<Item = &Finding> {
         self.open.values()
-    }
-
-    pub fn open_keys(&self) -> impl Iterator<Item = &FindingKey> {
-        self.open.keys()
     }
 
     pub fn resolved_findings(&self) -> impl DoubleEndedIterator<Item = &Finding> {

@@ -31,21 +31,18 @@ impl Model {
             // release was missed.
             self.remove(child, now, "process gone (pid reused)");
         }
-        let forker = self
-            .known(ev)
-            .map(|p| (p.server, p.listen_fds.clone(), p.comm.clone()));
-        let Some((server, fds, _)) = forker else {
+        let forker = self.known(ev).map(|p| {
+            let fds = (!p.listen_fds.is_empty()).then(|| p.listen_fds.clone());
+            (p.server, p.start_ns, fds)
+        });
+        let Some((server, forker_start, fds)) = forker else {
             return;
         };
         // A successful fork resolves the forker's fork failures.
-        let keys: Vec<_> = self
-            .findings
-            .open_keys()
-            .filter(|k| k.kind == FindingKind::ForkFailure && k.pid == ev.pid)
-            .copied()
-            .collect();
-        for key in keys {
-            self.resolve(&key, now, "fork succeeded again");
+        for key in self.findings.keys_of(ev.pid, forker_start) {
+            if key.kind == FindingKind::ForkFailure {
+                self.resolve(&key, now, "fork succeeded again");
+            }
         }
         self.out.push(Output::Forked { server });
         if untracked {
@@ -55,7 +52,7 @@ impl Model {
         p.born_ns = Some(now);
         // fork copies the fd table: the child holds every listening socket
         // the parent held, and must close or use each within the grace period.
-        for (&fd, &inode) in &fds {
+        for (&fd, &inode) in fds.iter().flatten() {
             p.listen_fds.insert(fd, inode);
             p.held.entry(inode).or_insert(Held {
                 since_ns: now,
@@ -93,12 +90,15 @@ impl Model {
             p.is_root_target = true;
             self.insert(p);
         }
-        let Some(p) = self.known(ev) else { return };
+        if self.known(ev).is_none() {
+            return;
+        }
+        self.set_parent(ev.pid, ppid);
+        let Some(p) = self.procs.get_mut(&ev.pid) else {
+            return;
+        };
         if p.start_ns == 0 {
             p.start_ns = start_ns;
-        }
-        if ppid != 0 {
-            p.ppid = ppid;
         }
         p.comm = comm.to_string();
         p.program = Some(filename.to_string());
@@ -156,21 +156,27 @@ impl Model {
             }
         }
         let grace = self.cfg.listen_grace_ns;
-        let Some(p) = self.known(ev) else { return };
+        if self.known(ev).is_none() {
+            return;
+        }
+        self.set_parent(ev.pid, ppid);
+        self.mark_exited(
+            ev.pid,
+            ExitInfo {
+                at_ns: Some(now),
+                status: Some(status),
+                autoreaped,
+            },
+        );
+        let Some(p) = self.procs.get_mut(&ev.pid) else {
+            return;
+        };
         if p.start_ns == 0 {
             p.start_ns = start_ns;
-        }
-        if ppid != 0 {
-            p.ppid = ppid;
         }
         if !comm.is_empty() {
             p.comm = comm.to_string();
         }
-        p.exit = Some(ExitInfo {
-            at_ns: Some(now),
-            status: Some(status),
-            autoreaped,
-        });
         let lifetime_s = p.born_ns.map(|b| now.saturating_sub(b) as f64 / 1e9);
         let (pid, server, pstart, parent) = (p.pid, p.server, p.start_ns, p.ppid);
         let children: Vec<u32> = p.children.iter().copied().collect();
@@ -190,7 +196,6 @@ impl Model {
         p.listen_fds.clear();
         p.held.clear();
         p.handler_run = None;
-        self.counts.entry(server).or_default().zombies += 1;
         self.out.push(Output::Exited {
             server,
             signaled: matches!(status, ExitStatus::Signaled { .. }),
@@ -384,12 +389,7 @@ impl Model {
         }
         match view.stat(pid) {
             Some(s) if s.state == 'Z' && self.same_start(p.start_ns, s.start_ns) => {
-                if s.ppid != p.ppid
-                    && s.ppid != 0
-                    && let Some(p) = self.procs.get_mut(&pid)
-                {
-                    p.ppid = s.ppid;
-                }
+                self.set_parent(pid, s.ppid);
                 self.flag_zombie(pid, now, view);
                 // Keep checking: a lost release must not leave a phantom.
                 self.timer(
@@ -545,16 +545,13 @@ impl Model {
         } else {
             NewParentKind::Subreaper
         };
+        self.set_parent(pid, new_parent);
         let Some(p) = self.procs.get_mut(&pid) else {
             return;
         };
         p.reparent = None;
         p.orphaned = true;
-        p.ppid = new_parent;
         let p = p.clone();
-        if let Some(np) = self.procs.get_mut(&new_parent) {
-            np.children.insert(pid);
-        }
         let how = match pending.old_parent_status {
             Some(ExitStatus::Signaled { signal, .. }) => {
                 format!("was killed by {}", signal_name(signal))
@@ -646,11 +643,7 @@ impl Model {
         let now = ev.ts_ns;
         let Some(p) = self.known(ev) else { return };
         let p = p.clone();
-        let zombies = p
-            .children
-            .iter()
-            .filter(|c| self.procs.get(c).is_some_and(Process::is_zombie))
-            .count() as u32;
+        let zombies = p.zombie_kids;
         let key = Self::key(FindingKind::ForkFailure, &p, u64::from(errno));
         let failures = match self.findings.get(&key).map(|f| &f.evidence) {
             Some(Evidence::ForkFailure { failures, .. }) => failures + 1,

@@ -180,6 +180,27 @@ pub enum Output {
     },
 }
 
+impl Output {
+    /// The server an output counts for, if it counts for one.
+    pub fn server(&self) -> Option<u32> {
+        match self {
+            Output::Forked { server }
+            | Output::Exited { server, .. }
+            | Output::Reaped { server, .. }
+            | Output::Orphaned { server, .. }
+            | Output::SigchldCoalesced { server }
+            | Output::ForkFailed { server, .. }
+            | Output::ListenFdLeak { server, .. }
+            | Output::ListenFdClosedAtExit { server }
+            | Output::TargetExited { server, .. } => Some(*server),
+            Output::FindingOpened(f) | Output::FindingUpdated(f) | Output::FindingResolved(f) => {
+                Some(f.server)
+            }
+            Output::LimitReached(_) | Output::Untrack { .. } | Output::SocketGone { .. } => None,
+        }
+    }
+}
+
 /// A timer of the rules: something to check at a deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -401,11 +422,60 @@ impl Model {
         if p.is_zombie() {
             c.zombies += 1;
         }
-        if let Some(parent) = self.procs.get_mut(&p.ppid) {
-            parent.children.insert(p.pid);
+        if let Some(parent) = self.procs.get_mut(&p.ppid)
+            && parent.children.insert(p.pid)
+            && p.is_zombie()
+        {
+            parent.zombie_kids += 1;
         }
         self.procs.insert(p.pid, p);
         true
+    }
+
+    /// Moves `pid` under `new_ppid`, keeping the children sets and zombie
+    /// counts of both parents in step.
+    fn set_parent(&mut self, pid: u32, new_ppid: u32) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let old = p.ppid;
+        if old == new_ppid || new_ppid == 0 {
+            return;
+        }
+        p.ppid = new_ppid;
+        let zombie = p.is_zombie();
+        // zombie_kids counts the zombies among `children`: only a pid that
+        // was in (or enters) the set moves the count.
+        if let Some(op) = self.procs.get_mut(&old)
+            && op.children.remove(&pid)
+            && zombie
+        {
+            op.zombie_kids = op.zombie_kids.saturating_sub(1);
+        }
+        if let Some(np) = self.procs.get_mut(&new_ppid)
+            && np.children.insert(pid)
+            && zombie
+        {
+            np.zombie_kids += 1;
+        }
+    }
+
+    /// Marks `pid` exited (a zombie now), counting it in its parent.
+    fn mark_exited(&mut self, pid: u32, info: process::ExitInfo) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        if p.exit.is_some() {
+            return;
+        }
+        p.exit = Some(info);
+        let (ppid, server) = (p.ppid, p.server);
+        self.counts.entry(server).or_default().zombies += 1;
+        if let Some(parent) = self.procs.get_mut(&ppid)
+            && parent.children.contains(&pid)
+        {
+            parent.zombie_kids += 1;
+        }
     }
 
     /// Forgets a process (released, or replaced by a newer one with its pid).
@@ -416,8 +486,11 @@ impl Model {
         if p.is_zombie() {
             c.zombies = c.zombies.saturating_sub(1);
         }
-        if let Some(parent) = self.procs.get_mut(&p.ppid) {
-            parent.children.remove(&pid);
+        if let Some(parent) = self.procs.get_mut(&p.ppid)
+            && parent.children.remove(&pid)
+            && p.is_zombie()
+        {
+            parent.zombie_kids = parent.zombie_kids.saturating_sub(1);
         }
         for key in self.findings.keys_of(pid, p.start_ns) {
             self.resolve(&key, now, why);

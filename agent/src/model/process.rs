@@ -63,6 +63,9 @@ pub struct Process {
     pub born_ns: Option<u64>,
     pub exit: Option<ExitInfo>,
     pub children: BTreeSet<u32>,
+    /// How many of `children` are zombies (kept in step by the model, so
+    /// SIGCHLD rules do not walk a server's thousands of children).
+    pub zombie_kids: u32,
     pub subreaper: bool,
     /// Monotonic ns of the last exec.
     pub exec_ns: Option<u64>,
@@ -103,6 +106,7 @@ impl Process {
             born_ns: None,
             exit: None,
             children: BTreeSet::new(),
+            zombie_kids: 0,
             subreaper: false,
             exec_ns: None,
             listen_fds: BTreeMap::new(),

@@ -130,16 +130,16 @@ impl Model {
 
     /// Parent → children links from the ppids.
     fn rebuild_children(&mut self) {
-        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut children: HashMap<u32, (Vec<u32>, u32)> = HashMap::new();
         for p in self.procs.values() {
-            children.entry(p.ppid).or_default().push(p.pid);
+            let entry = children.entry(p.ppid).or_default();
+            entry.0.push(p.pid);
+            entry.1 += u32::from(p.is_zombie());
         }
         for p in self.procs.values_mut() {
-            p.children = children
-                .remove(&p.pid)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
+            let (kids, zombies) = children.remove(&p.pid).unwrap_or_default();
+            p.children = kids.into_iter().collect();
+            p.zombie_kids = zombies;
         }
     }
 

@@ -8,7 +8,7 @@ use crate::event::{Event, SignalResult};
 use super::{
     Model, Output,
     findings::{Evidence, Finding, FindingKey, FindingKind},
-    process::{HandlerRun, Process},
+    process::HandlerRun,
     who,
 };
 
@@ -115,12 +115,12 @@ impl Model {
 
     /// Resolves `ppid`'s one-per-signal finding once it has no zombie left.
     pub(super) fn maybe_resolve_sigchld(&mut self, ppid: u32, now: u64) {
-        if self.zombie_children(ppid) > 0 {
-            return;
-        }
         let Some(p) = self.procs.get_mut(&ppid) else {
             return;
         };
+        if p.reaps_one_per_signal.is_none() || p.zombie_kids > 0 {
+            return;
+        }
         p.reaps_one_per_signal = None;
         let key = FindingKey {
             kind: FindingKind::SigchldCoalesced,
@@ -133,11 +133,6 @@ impl Model {
 
     /// Exited, unreaped children of `pid`.
     pub(super) fn zombie_children(&self, pid: u32) -> u32 {
-        self.procs.get(&pid).map_or(0, |p| {
-            p.children
-                .iter()
-                .filter(|c| self.procs.get(c).is_some_and(Process::is_zombie))
-                .count() as u32
-        })
+        self.procs.get(&pid).map_or(0, |p| p.zombie_kids)
     }
 }

@@ -869,3 +869,85 @@ fn a_wait_without_a_status_pointer_still_reaps() {
     m.apply(&release(5 * MS, 101, 0));
     assert!(opened(&m.drain(), FindingKind::OrphanReparented).is_empty());
 }
+
+/// The model's bookkeeping (children sets, zombie counts per parent and per
+/// server) stays equal to what a recount finds, whatever the sequence.
+fn check_invariants(m: &Model) {
+    let mut zombies = 0;
+    for p in m.processes() {
+        let recount = p
+            .children
+            .iter()
+            .filter(|c| m.process(**c).is_some_and(|c| c.is_zombie()))
+            .count() as u32;
+        assert_eq!(p.zombie_kids, recount, "zombie count of {}", p.pid);
+        for c in &p.children {
+            if let Some(child) = m.process(*c) {
+                assert_eq!(
+                    child.ppid, p.pid,
+                    "{c} listed under {} but its parent is {}",
+                    p.pid, child.ppid
+                );
+            }
+        }
+        zombies += u64::from(p.is_zombie());
+    }
+    assert_eq!(m.counts(0).zombies, zombies);
+    assert_eq!(m.counts(0).tracked, m.len() as u64);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Fork(u32, u32),
+    Exit(u32),
+    Wait(u32, u32),
+    Release(u32),
+    Tick,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (100u32..110, 100u32..110).prop_map(|(a, b)| Op::Fork(a, b)),
+        (100u32..110).prop_map(Op::Exit),
+        (100u32..110, 100u32..110).prop_map(|(a, b)| Op::Wait(a, b)),
+        (100u32..110).prop_map(Op::Release),
+        Just(Op::Tick),
+    ]
+}
+
+proptest::proptest! {
+    #[test]
+    fn bookkeeping_survives_any_sequence(ops in proptest::collection::vec(op(), 0..80)) {
+        let mut m = with_server(100);
+        let mut view = FakeProc::default();
+        let mut t = MS;
+        for op in ops {
+            t += 10 * MS;
+            match op {
+                Op::Fork(parent, child) if parent != child => m.apply(&fork(t, parent, child)),
+                Op::Exit(pid) => {
+                    let ppid = m.process(pid).map_or(1, |p| p.ppid);
+                    m.apply(&exit(t, pid, ppid, 0));
+                    view.set(pid, 'Z', ppid, start(pid));
+                    // Its children go to init, as the kernel would do.
+                    let kids: Vec<u32> = m.process(pid).map(|p| p.children.iter().copied().collect()).unwrap_or_default();
+                    for k in kids {
+                        let state = if m.process(k).is_some_and(|c| c.is_zombie()) { 'Z' } else { 'S' };
+                        view.set(k, state, 1, start(k));
+                    }
+                }
+                Op::Wait(parent, child) => m.apply(&wait(t, parent, child, 0)),
+                Op::Release(pid) => {
+                    let reaper = m.process(pid).map_or(1, |p| p.ppid);
+                    m.apply(&release(t, pid, reaper));
+                    view.stats.remove(&pid);
+                }
+                Op::Tick => m.tick(t + 3 * S, &view),
+                Op::Fork(..) => {}
+            }
+            m.drain();
+            check_invariants(&m);
+        }
+    }
+}
