@@ -77,6 +77,14 @@ fn load_options(p: &cli::ProbeArgs) -> probes::loader::LoadOptions {
     }
 }
 
+/// One thread: the event loop, the ring buffer's readiness and the HTTP
+/// endpoint share it, so waking the loop never crosses threads.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run {
@@ -104,18 +112,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     None => webconfig::WebConfig::none(),
                 },
             };
-            tokio::runtime::Runtime::new()?.block_on(cmd::run::run(
-                selection,
-                load_options(&probes),
-                opts,
-            ))?;
+            runtime()?.block_on(cmd::run::run(selection, load_options(&probes), opts))?;
             Ok(0)
         }
         Command::Check { no_load } => Ok(cmd::check::run(!no_load)),
         Command::Events { targets, probes } => {
             let selection = selection(&targets)?;
-            tokio::runtime::Runtime::new()?
-                .block_on(cmd::events::run(selection, load_options(&probes)))?;
+            runtime()?.block_on(cmd::events::run(selection, load_options(&probes)))?;
             Ok(0)
         }
     }

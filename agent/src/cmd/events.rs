@@ -38,6 +38,8 @@ pub async fn run(selection: Selection, opts: LoadOptions) -> anyhow::Result<()> 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut drain = tokio::time::interval(crate::cmd::run::DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stdout = std::io::stdout();
     let mut lost_seen = 0u64;
     let write = |bytes: &[u8], out: &mut std::io::StdoutLock<'_>| match Event::decode(bytes) {
@@ -58,6 +60,11 @@ pub async fn run(selection: Selection, opts: LoadOptions) -> anyhow::Result<()> 
                 r?;
                 stream.drain_now(4096, |b| write(b, &mut stdout.lock()));
                 stdout.lock().flush()?;
+            }
+            _ = drain.tick() => {
+                if stream.drain_now(4096, |b| write(b, &mut stdout.lock())) > 0 {
+                    stdout.lock().flush()?;
+                }
             }
             _ = tick.tick() => {
                 started.probes.flush_probe_logs();

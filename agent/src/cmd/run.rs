@@ -49,6 +49,9 @@ pub struct RunOptions {
 /// Housekeeping turns (250 ms each) the ring-buffer fill gauge looks back over: a minute.
 const FILL_WINDOW: usize = 240;
 
+/// How often the ring buffer is drained when the probes did not ask for it.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
 /// Records handled per lock of the model, so scrapes wait at most one batch.
 const BATCH: usize = 4096;
 /// Reconciliations after lost events are at most this frequent.
@@ -142,6 +145,11 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
+    // The probes do not wake the agent for every event (see the probes'
+    // `wakeup`): it drains the ring buffer on this clock, and at once when
+    // the buffer fills up.
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = vec![0u64; forkwatch_common::MAX_EVENT_KIND as usize + 1];
     let mut last_reconcile = clock::monotonic_ns();
     let mut kernel_full_seen = (0u64, 0u64);
@@ -159,6 +167,7 @@ pub async fn run(
                 r?;
                 apply_ready(&shared, &mut stream);
             }
+            _ = drain.tick() => apply_ready(&shared, &mut stream),
             () = tokio::time::sleep(sleep) => {
                 apply_ready(&shared, &mut stream);
                 let mut model = shared.model.lock().expect("model lock");

@@ -124,8 +124,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<i32> {
             }
             (*ev).flags = flags;
         }
-        entry.submit(0);
-        crate::emit::note_fill();
+        entry.submit(crate::emit::wakeup());
     }
     // Listening sockets the new program inherited: their fds had no
     // close-on-exec, so the socket now lives on in another program.
