@@ -50,6 +50,18 @@ impl ProcView for RealProc {
             .and_then(|s| syscall_nr(&s))
             .is_some_and(|nr| WAITING_FOR_CONNECTIONS.contains(&nr))
     }
+
+    fn cpu_wait_ns(&self, pid: u32) -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+            .ok()
+            .and_then(|s| run_delay(&s))
+    }
+}
+
+/// `run_delay` (ns spent runnable, waiting for a CPU) of /proc/PID/schedstat:
+/// `cpu_time run_delay timeslices`.
+fn run_delay(text: &str) -> Option<u64> {
+    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The syscall number in /proc/PID/syscall: `NR arg1 ... sp pc` while
@@ -119,10 +131,17 @@ mod tests {
         assert_eq!(syscall_nr(""), None);
     }
 
+    #[test]
+    fn schedstat_lines() {
+        assert_eq!(run_delay("1234 5678 9\n"), Some(5678));
+        assert_eq!(run_delay("1234\n"), None);
+    }
+
     proptest::proptest! {
         #[test]
         fn hostile_syscall_files_do_not_panic(text in "\\PC*") {
             let _ = syscall_nr(&text);
+            let _ = run_delay(&text);
         }
     }
 }

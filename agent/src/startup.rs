@@ -80,13 +80,19 @@ fn seed(selection: &Selection, probes: &mut Probes, opts: &LoadOptions) -> HashM
             if !opts.track_all {
                 let start = procs.get(&pid).map_or(0, |p| p.start_ns);
                 if let Err(e) = probes.track(pid, start, server) {
-                    warn!("{e:#}");
-                    continue;
+                    // The table is full: one line, and no retry per process.
+                    warn!("{e:#}; processes beyond it are not followed");
+                    return finish(seeded, probes);
                 }
             }
             seeded.insert(pid, server);
         }
     }
+    finish(seeded, probes)
+}
+
+/// Tells the probes which listening sockets the seeded processes hold.
+fn finish(seeded: HashMap<u32, u32>, probes: &mut Probes) -> HashMap<u32, u32> {
     let pids: HashSet<u32> = seeded.keys().copied().collect();
     for (pid, _fd, inode, sock) in discovery::listen_fd_holders(&pids) {
         let server = seeded.get(&pid).copied().unwrap_or(0);

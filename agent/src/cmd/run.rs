@@ -80,6 +80,7 @@ pub async fn run(
     let mut model = Model::new(cfg);
     let seeded: HashSet<u32> = started.seeded.keys().copied().collect();
     let (snap, _) = procview::snapshot(&selection, &seeded);
+    let snap = only_kernel_tracked(snap, &selection, &mut started.probes);
     model.reconcile(&snap, clock::monotonic_ns(), true);
 
     let kernel = nix::sys::utsname::uname()
@@ -152,6 +153,7 @@ pub async fn run(
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = vec![0u64; forkwatch_common::MAX_EVENT_KIND as usize + 1];
     let mut last_reconcile = clock::monotonic_ns();
+    let mut resync_due = false;
     let mut kernel_full_seen = (0u64, 0u64);
     let mut fill_window: std::collections::VecDeque<f64> = std::collections::VecDeque::new();
     let reconcile_every = opts.reconcile_every.as_nanos() as u64;
@@ -209,14 +211,27 @@ pub async fn run(
                 }
                 shared.metrics.ring_used.set(fill_window.iter().copied().fold(0.0, f64::max));
                 let now = clock::monotonic_ns();
+                // A loss makes a resync due; it runs at most once a second
+                // but is never dropped, so the last loss of a burst is
+                // repaired too once things calm down.
+                if lost_now && !resync_due {
+                    warn!("the kernel ring buffer overflowed: events were lost; reconciling with /proc");
+                    resync_due = true;
+                }
                 let periodic = now.saturating_sub(last_reconcile) >= reconcile_every;
-                if (lost_now && now.saturating_sub(last_reconcile) >= MIN_RECONCILE_GAP_NS) || periodic {
-                    if lost_now {
-                        warn!("the kernel ring buffer overflowed: events were lost; reconciling with /proc");
+                if (resync_due && now.saturating_sub(last_reconcile) >= MIN_RECONCILE_GAP_NS) || periodic {
+                    // What the buffer holds is older than the /proc snapshot
+                    // about to be taken: apply it first (bounded).
+                    for _ in 0..64 {
+                        apply_ready(&shared, &mut stream);
+                        if !stream.has_more() {
+                            break;
+                        }
                     }
-                    apply_ready(&shared, &mut stream);
-                    reconcile(&shared, &selection, &mut started.probes, if lost_now { "events_lost" } else { "periodic" });
+                    let reason = if resync_due { "events_lost" } else { "periodic" };
+                    reconcile(&shared, &selection, &mut started.probes, reason);
                     last_reconcile = now;
+                    resync_due = false;
                 }
                 shared.heartbeat_ns.store(now, Ordering::Relaxed);
             }
@@ -268,14 +283,7 @@ fn reconcile(
     let (snap, _) = procview::snapshot(selection, &known);
     // Processes /proc shows under a target that the kernel does not track
     // (moved into a target cgroup, or forked while the table was full).
-    if !selection.track_all() {
-        let in_kernel: HashSet<u32> = probes.tracked_pids().into_iter().collect();
-        for p in &snap.procs {
-            if !in_kernel.contains(&p.pid) && p.state != 'Z' {
-                let _ = probes.track(p.pid, p.start_ns, p.server);
-            }
-        }
-    }
+    let snap = only_kernel_tracked(snap, selection, probes);
     for h in &snap.holders {
         let server = snap
             .procs
@@ -301,6 +309,42 @@ fn reconcile(
         .reconciliations
         .with_label_values(&[reason])
         .inc();
+}
+
+/// Keeps in a snapshot only the live processes the kernel tracks (trying to
+/// add the missing ones first), so the model never follows a process whose
+/// exit it would not see (the kernel's table was full). Zombies stay: their
+/// release is checked against /proc.
+fn only_kernel_tracked(
+    mut snap: crate::model::Snapshot,
+    selection: &Selection,
+    probes: &mut crate::probes::loader::Probes,
+) -> crate::model::Snapshot {
+    if selection.track_all() {
+        return snap;
+    }
+    let mut in_kernel: HashSet<u32> = probes.tracked_pids().into_iter().collect();
+    let mut full = false;
+    for p in &snap.procs {
+        if p.state == 'Z' || in_kernel.contains(&p.pid) || full {
+            continue;
+        }
+        match probes.track(p.pid, p.start_ns, p.server) {
+            Ok(()) => {
+                in_kernel.insert(p.pid);
+            }
+            Err(e) => {
+                // One line, not one per process.
+                warn!("{e:#}; processes beyond it are not followed");
+                full = true;
+            }
+        }
+    }
+    snap.procs
+        .retain(|p| p.state == 'Z' || in_kernel.contains(&p.pid));
+    let kept: HashSet<u32> = snap.procs.iter().map(|p| p.pid).collect();
+    snap.holders.retain(|h| kept.contains(&h.pid));
+    snap
 }
 
 /// Turns the model's outputs into metrics, finding lines and kernel map updates.

@@ -706,6 +706,9 @@ impl ProcView for NoProc {
     fn waits_for_connections(&self, _: u32) -> bool {
         false
     }
+    fn cpu_wait_ns(&self, _: u32) -> Option<u64> {
+        None
+    }
 }
 
 /// `EAGAIN` for 11, and so on.

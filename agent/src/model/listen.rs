@@ -16,6 +16,10 @@ use super::{
     who,
 };
 
+/// A starved child's grace period stretches to at most this many times its
+/// length in wall-clock time.
+const MAX_GRACE_STRETCH: u64 = 20;
+
 /// close_range's flag that marks fds close-on-exec instead of closing them.
 const CLOSE_RANGE_CLOEXEC: u32 = 4;
 
@@ -189,6 +193,28 @@ impl Model {
             }
             self.after_fd_change(pid, inode, now);
             return;
+        }
+        // The grace period counts time the child could run: one starved of
+        // CPU (runnable, waiting on a busy machine) has not had its chance
+        // to close the socket yet. Bounded, so a leak is flagged anyway.
+        if held.how == Obtained::Fork
+            && let Some(waited) = view.cpu_wait_ns(pid)
+        {
+            let grace = self.cfg.listen_grace_ns;
+            let had = now.saturating_sub(held.since_ns).saturating_sub(waited);
+            let latest = held.since_ns + grace.saturating_mul(MAX_GRACE_STRETCH);
+            if had < grace && now < latest {
+                let next = (now + (grace - had)).min(latest);
+                self.timer(
+                    next,
+                    Timer::ListenGrace {
+                        pid,
+                        start_ns,
+                        inode,
+                    },
+                );
+                return;
+            }
         }
         // Found holding it at start-up: an idle pre-fork worker sits in
         // accept; the agent did not see it start accepting.

@@ -73,6 +73,9 @@ pub trait ProcView {
     /// Whether `pid` is blocked waiting for connections (in accept, poll,
     /// select or epoll_wait): how a pre-fork worker found at start-up shows.
     fn waits_for_connections(&self, pid: u32) -> bool;
+    /// How long `pid` has waited for a CPU while runnable, since it was
+    /// forked (`run_delay` of /proc/PID/schedstat).
+    fn cpu_wait_ns(&self, pid: u32) -> Option<u64>;
 }
 
 /// One process as /proc shows it.

@@ -16,6 +16,7 @@ struct FakeProc {
     stats: HashMap<u32, ProcStat>,
     holds: HashMap<(u32, u64), bool>,
     accepting: HashSet<u32>,
+    cpu_wait: HashMap<u32, u64>,
 }
 
 impl FakeProc {
@@ -41,6 +42,9 @@ impl ProcView for FakeProc {
     }
     fn waits_for_connections(&self, pid: u32) -> bool {
         self.accepting.contains(&pid)
+    }
+    fn cpu_wait_ns(&self, pid: u32) -> Option<u64> {
+        self.cpu_wait.get(&pid).copied()
     }
 }
 
@@ -950,4 +954,20 @@ proptest::proptest! {
             check_invariants(&m);
         }
     }
+}
+
+#[test]
+fn a_child_starved_of_cpu_gets_its_whole_grace_period() {
+    let mut m = with_server(100);
+    let mut view = FakeProc::default();
+    m.apply(&listen(MS, 100, 3, 9000));
+    m.apply(&fork(10 * MS, 100, 101));
+    view.holds.insert((101, 9000), true);
+    // 250 ms after the fork it has waited 200 ms for a CPU: it had 50 ms.
+    view.cpu_wait.insert(101, 200 * MS);
+    m.tick(260 * MS, &view);
+    assert!(opened(&m.drain(), FindingKind::LeakedListenFd).is_empty());
+    // Still holding it once it had 250 ms of chances: a leak.
+    m.tick(700 * MS, &view);
+    assert_eq!(opened(&m.drain(), FindingKind::LeakedListenFd), vec![101]);
 }

@@ -35,6 +35,11 @@ impl EventStream {
         Ok(())
     }
 
+    /// Whether the last drain stopped at its limit (records are waiting).
+    pub fn has_more(&self) -> bool {
+        self.more
+    }
+
     /// Hands up to `max` records to `f`, without waiting; returns how many.
     pub fn drain_now(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
         let ring = self.fd.get_mut();
