@@ -83,6 +83,8 @@ const OFFSETS: &[OffsetSpec] = &[
     (Capability::Lifecycle, "task_struct", "thread_pid", |k| &mut k.task_thread_pid, 8),
     (Capability::Lifecycle, "task_struct", "sighand", |k| &mut k.task_sighand, 8),
     (Capability::Lifecycle, "signal_struct", "live", |k| &mut k.signal_live, 4),
+    (Capability::Lifecycle, "signal_struct", "flags", |k| &mut k.signal_flags, 4),
+    (Capability::Lifecycle, "signal_struct", "group_exit_code", |k| &mut k.signal_group_exit_code, 4),
     (Capability::Lifecycle, "sighand_struct", "action", |k| &mut k.sighand_action, 0),
     (Capability::Lifecycle, "k_sigaction", "sa.sa_handler", |k| &mut k.ksigaction_handler, 8),
     (Capability::Lifecycle, "k_sigaction", "sa.sa_flags", |k| &mut k.ksigaction_flags, 8),
@@ -294,8 +296,7 @@ mod tests {
         read_kernel_offsets(&btf, &mut layout);
         assert!(layout.missing.is_empty(), "{:?}", layout.missing);
         let f = fields(&layout.kernel);
-        // The last two are padding.
-        for (i, v) in f[..34].iter().enumerate() {
+        for (i, v) in f.iter().enumerate() {
             assert_ne!(
                 *v,
                 u32::MAX,

@@ -54,7 +54,11 @@ pub struct KernelOffsets {
     pub sighand_action: u32,
     /// `sizeof(struct k_sigaction)`.
     pub ksigaction_size: u32,
-    pub _pad: [u32; 2],
+    /// `signal_struct.flags` (`SIGNAL_GROUP_EXIT`) and
+    /// `signal_struct.group_exit_code`: a process's exit status as wait
+    /// reports it, whichever of its threads the probe runs in.
+    pub signal_flags: u32,
+    pub signal_group_exit_code: u32,
 }
 
 /// Offsets of the fields the probes read in `syscalls:sys_{enter,exit}_*`

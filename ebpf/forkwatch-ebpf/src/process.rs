@@ -146,27 +146,37 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<i32> {
 /// 6.13 and later pass `group_dead`).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
-    try_exit(|| ctx.arg::<u64>(1) & 0xff != 0).unwrap_or(0)
+    try_exit(|| ctx.arg::<u64>(1) & 0xff != 0, false).unwrap_or(0)
 }
 
 /// The same for kernels whose `sched_process_exit` has only the task: the
-/// group is dead when `signal->live` reached zero (decremented in do_exit
-/// before the tracepoint). Two threads exiting at once can both see zero;
-/// the agent keeps the first exit of a process and drops the second.
+/// group is dead when `signal->live` reached zero. do_exit decrements it
+/// well before the tracepoint, so a thread that was already exiting can
+/// see zero too once the last thread has decremented it (seen on 6.1: a
+/// joined thread's tracepoint ran after its leader's `_exit`). Only the
+/// first thread to get there reports the exit.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit_live(_ctx: RawTracePointContext) -> i32 {
-    try_exit(|| {
-        let live = read_ptr(current_task(), config!(kernel.task_signal))
-            .and_then(|signal| read::<i32>(signal, config!(kernel.signal_live)));
-        live == Some(0)
-    })
+    try_exit(
+        || {
+            let live = read_ptr(current_task(), config!(kernel.task_signal))
+                .and_then(|signal| read::<i32>(signal, config!(kernel.signal_live)));
+            live == Some(0)
+        },
+        true,
+    )
     .unwrap_or(0)
 }
 
+/// `BPF_NOEXIST`: the map update fails if the key is there.
+const BPF_NOEXIST: u64 = 1;
+
 /// Every exiting thread of the system passes here: the tracked check comes
-/// first, the group-death check only for tracked processes.
+/// first, the group-death check only for tracked processes. With
+/// `first_only`, a thread reports only if no other thread of the same
+/// process did (the EXITED entry is inserted atomically, `BPF_NOEXIST`).
 #[inline(always)]
-fn try_exit(group_dead: impl FnOnce() -> bool) -> Option<i32> {
+fn try_exit(group_dead: impl FnOnce() -> bool, first_only: bool) -> Option<i32> {
     let (tgid, tid) = current_ids()?;
     let t = tracked(tgid)?;
     if !group_dead() {
@@ -174,7 +184,6 @@ fn try_exit(group_dead: impl FnOnce() -> bool) -> Option<i32> {
     }
     let task = current_task();
     let start = process_start_ns(task);
-    let exit_code: u32 = read(task, config!(kernel.task_exit_code)).unwrap_or(0);
     let flags = if parent_autoreaps(task) {
         EXIT_PARENT_AUTOREAPS
     } else {
@@ -187,13 +196,25 @@ fn try_exit(group_dead: impl FnOnce() -> bool) -> Option<i32> {
         server: t.server,
         start_ns: start,
     };
-    let _ = EXITED.insert(current_global_tgid(), exited, 0);
+    let key = current_global_tgid();
+    if first_only && EXITED.insert(key, exited, BPF_NOEXIST).is_err() {
+        // SAFETY: value copied out at once.
+        match unsafe { EXITED.get(&key) }.copied() {
+            Some(e) if same_start(e.start_ns, start) => return None, // reported
+            // A stale entry of an earlier process with this pid.
+            _ => {
+                let _ = EXITED.insert(key, exited, 0);
+            }
+        }
+    } else if !first_only {
+        let _ = EXITED.insert(key, exited, 0);
+    }
     emit(
         EventKind::Exit,
         ExitEvent {
             header: header(EventKind::Exit, tgid, tid, t.server),
             ppid: parent_tgid(task),
-            exit_code,
+            exit_code: exit_status(task),
             start_ns: start,
             comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
             flags,
@@ -201,6 +222,31 @@ fn try_exit(group_dead: impl FnOnce() -> bool) -> Option<i32> {
         },
     );
     Some(0)
+}
+
+/// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h,
+/// the same value since 2.6).
+const SIGNAL_GROUP_EXIT: u32 = 0x4;
+
+/// The process's exit status as its parent's wait will get it
+/// (wait_task_zombie in kernel/exit.c): the group exit code after
+/// exit_group or a fatal signal, else the leader's own exit code. Not the
+/// current thread's code: the thread that reports the exit may be one that
+/// called exit(2) with its own status before the group died.
+#[inline(always)]
+fn exit_status(task: Task) -> u32 {
+    let signal = read_ptr(task, config!(kernel.task_signal));
+    let signal_flags: u32 = signal
+        .and_then(|s| read(s, config!(kernel.signal_flags)))
+        .unwrap_or(0);
+    if signal_flags & SIGNAL_GROUP_EXIT != 0 {
+        if let Some(code) = signal.and_then(|s| read(s, config!(kernel.signal_group_exit_code))) {
+            return code;
+        }
+    }
+    read_ptr(task, config!(kernel.task_group_leader))
+        .and_then(|leader| read(leader, config!(kernel.task_exit_code)))
+        .unwrap_or(0)
 }
 
 /// SIG_IGN and SA_NOCLDWAIT (stable UAPI values).
