@@ -30,13 +30,15 @@ struct Line<'a> {
 pub async fn run(selection: Selection, opts: LoadOptions) -> anyhow::Result<()> {
     let mut started = startup::start(&selection, opts)?;
     let mut stream = EventStream::new(started.probes.take_events()?)?;
+    // Before the ready line: a signal sent right after it must find the
+    // handlers in place (the default action would kill the agent).
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     info!(
         "streaming events of {} process(es) ({}); Ctrl-C stops",
         started.seeded.len(),
         selection.server_names().join(", ")
     );
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     let mut drain = tokio::time::interval(crate::cmd::run::DRAIN_EVERY);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -136,6 +136,10 @@ pub async fn run(
     };
     let log = FindingLog { json };
     let tracked = shared.model.lock().expect("model lock").len();
+    // Before the ready line: a signal sent right after it must find the
+    // handlers in place (the default action would kill the agent).
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     info!(
         "watching {tracked} process(es) of {}; metrics and findings on {scheme}://{bound}/ (Ctrl-C stops)",
         selection.server_names().join(", ")
@@ -143,8 +147,6 @@ pub async fn run(
     // The start-up findings (existing zombies, leaks) come out at once.
     handle_outputs(&shared, &mut started.probes, &log);
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
     // The probes do not wake the agent for every event (see the probes'
     // `wakeup`): it drains the ring buffer on this clock, and at once when

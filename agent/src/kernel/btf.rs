@@ -329,7 +329,12 @@ impl Btf {
             if member_name.is_empty()
                 && let Some((bits, ty)) = self.find_member_depth(m.type_id, name, depth + 1)?
             {
-                return Ok(Some((m.bit_offset + bits, ty)));
+                let Some(at) = m.bit_offset.checked_add(bits) else {
+                    return Err(BtfError::Malformed(format!(
+                        "member offset overflows in {name}"
+                    )));
+                };
+                return Ok(Some((at, ty)));
             }
         }
         Ok(None)

@@ -416,7 +416,8 @@ fn a_late_agent_reports_existing_zombies_and_leaks_within_a_second() {
     let server = Server::start(&["--reap", "none", "--child-closes-listener", "no"]);
     let inode = procfs::listen_inode(server.port).unwrap();
     server.burst(3, "100ms");
-    let _held = server.burst_in_background(2, "6s");
+    // Held well past the agent's start-up (seconds under emulation); dropped at the end.
+    let _held = server.burst_in_background(2, "60s");
     forkwatch_integration::wait_for(Duration::from_secs(5), "3 zombies and 2 holders", || {
         (procfs::zombie_children(server.pid).len() == 3 && holders(server.pid, inode)().len() == 2)
             .then_some(())

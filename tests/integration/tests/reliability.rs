@@ -40,6 +40,21 @@ fn holders(pid: u32, inode: u64) -> Vec<u32> {
         .collect()
 }
 
+/// The count of loaded probe programs once it stops changing: the kernel
+/// frees a previous agent's programs asynchronously (slowly under emulation).
+fn settled_probe_programs() -> usize {
+    let mut last = loaded_probe_programs();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = loaded_probe_programs();
+        if now == last || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn wait_programs(expected: usize) {
     poll(Duration::from_secs(15), || {
         (loaded_probe_programs() == expected).then_some(())
@@ -56,7 +71,7 @@ fn wait_programs(expected: usize) {
 fn sigkilled_agent_leaves_nothing_attached_and_a_restart_reports_the_same() {
     require_root();
     let _serial = serial();
-    let baseline = loaded_probe_programs();
+    let baseline = settled_probe_programs();
     let server = Server::start(&["--reap", "none", "--child-closes-listener", "no"]);
     let inode = procfs::listen_inode(server.port).unwrap();
     let mut first = Agent::start(&["--pid", &server.pid.to_string(), "--zombie-after", "1s"]);
@@ -97,7 +112,7 @@ fn sigkilled_agent_leaves_nothing_attached_and_a_restart_reports_the_same() {
 fn graceful_shutdown_exits_zero_and_detaches() {
     require_root();
     let _serial = serial();
-    let baseline = loaded_probe_programs();
+    let baseline = settled_probe_programs();
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let mut agent = Agent::start(&["--pid", "1"]);
         let started = Instant::now();
