@@ -34,8 +34,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_TOOLCHAIN: &str = "bpf-debian";
 
 pub fn run() -> anyhow::Result<()> {
+    run_with(&[])
+}
+
+/// The set-up, with `extra` Debian packages (the kernel matrix's qemu).
+pub fn run_with(extra: &[&str]) -> anyhow::Result<()> {
     let need_debian_rust = !toolchain_has_rust_src("nightly");
     let mut packages: Vec<&str> = PACKAGES.to_vec();
+    packages.extend_from_slice(extra);
     if need_debian_rust {
         packages.extend_from_slice(DEBIAN_RUST);
     }
