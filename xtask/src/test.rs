@@ -96,9 +96,10 @@ pub fn run(filter: Option<&str>, k: &KernelArgs) -> anyhow::Result<()> {
 fn bench_smoke(root: &std::path::Path) -> anyhow::Result<()> {
     let out = root.join("target/bench-smoke");
     let _ = std::fs::remove_dir_all(&out);
-    sh(Command::new(std::env::current_exe()?)
+    // Through cargo: `cargo build` above may have replaced this very binary.
+    sh(Command::new("cargo")
         .current_dir(root)
-        .args(["bench", "--quick", "--out"])
+        .args(["xtask", "bench", "--quick", "--out"])
         .arg(&out))?;
     for file in ["report.md", "report.json"] {
         let path = out.join(file);
