@@ -20,6 +20,16 @@ use super::{
 /// The bpftrace script of the comparison (also usable by hand).
 pub const PEER_BT: &str = include_str!("peer.bt");
 
+/// The `SyscallPath` variant's script: sethostname is never called by the
+/// loops, so its program never runs; only the per-syscall tracing hook does.
+const SYSCALL_PATH_BT: &str = r#"BEGIN { printf("attached\n"); }
+tracepoint:syscalls:sys_enter_sethostname { @events[probe] = count(); }"#;
+
+/// The `CloseFloor` variant's script: runs for every close() and stops at
+/// once, as forkwatch's program does for an untracked process.
+const CLOSE_FLOOR_BT: &str = r#"BEGIN { printf("attached\n"); }
+tracepoint:syscalls:sys_enter_close /pid == 1/ { @events[probe] = count(); }"#;
+
 /// Load client threads: enough to keep both the server and the client busy.
 pub fn concurrency(ctx: &Ctx) -> usize {
     (ctx.cpus * 2).clamp(2, 8)
@@ -30,6 +40,13 @@ pub enum Tracer {
     None,
     Forkwatch,
     Bpftrace,
+    /// bpftrace on one syscall tracepoint no benchmark loop calls: what any
+    /// syscall tracepoint costs every syscall of the machine (the kernel's
+    /// tracing path), with no program run for the measured syscalls.
+    SyscallPath,
+    /// bpftrace with the least program there is on sys_enter_close (a pid
+    /// compare): the floor for any tool that watches close() this way.
+    CloseFloor,
     Strace,
 }
 
@@ -39,6 +56,10 @@ impl Tracer {
             Tracer::None => "no tracer (baseline)",
             Tracer::Forkwatch => "forkwatch",
             Tracer::Bpftrace => "bpftrace (same tracepoints, counting)",
+            Tracer::SyscallPath => {
+                "kernel syscall tracing path only (bpftrace, one unrelated syscall tracepoint)"
+            }
+            Tracer::CloseFloor => "least program on sys_enter_close (bpftrace, `/pid == 1/`)",
             Tracer::Strace => "strace -f",
         }
     }
@@ -48,6 +69,8 @@ impl Tracer {
             Tracer::None => "baseline",
             Tracer::Forkwatch => "forkwatch",
             Tracer::Bpftrace => "bpftrace",
+            Tracer::SyscallPath => "syscall_path",
+            Tracer::CloseFloor => "close_floor",
             Tracer::Strace => "strace",
         }
     }
@@ -92,9 +115,14 @@ pub fn attach(ctx: &Ctx, tracer: Tracer, pid: u32, extra: &[String]) -> anyhow::
                 agent,
             }
         }
-        Tracer::Bpftrace => {
-            let script = peer_script(ctx)?;
-            let mut p = Proc::spawn("bpftrace", Command::new("bpftrace").arg(&script), false)?;
+        Tracer::Bpftrace | Tracer::SyscallPath | Tracer::CloseFloor => {
+            let mut cmd = Command::new("bpftrace");
+            match tracer {
+                Tracer::SyscallPath => cmd.args(["-e", SYSCALL_PATH_BT]),
+                Tracer::CloseFloor => cmd.args(["-e", CLOSE_FLOOR_BT]),
+                _ => cmd.arg(peer_script(ctx)?),
+            };
+            let mut p = Proc::spawn("bpftrace", &mut cmd, false)?;
             p.wait_line(
                 Out::Stdout,
                 0,
