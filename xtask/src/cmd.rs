@@ -1,4 +1,5 @@
-//! Running commands with their command line echoed, failing with context.
+//! Running commands with their command line echoed, failing with context;
+//! and a GET of the agent's HTTP endpoint.
 
 use std::{
     path::PathBuf,
@@ -54,4 +55,28 @@ pub fn show(cmd: &Command) -> String {
 
 pub fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_some_and(|o| o.trim() == "0")
+}
+
+/// A minimal HTTP/1.1 GET of the agent's endpoint, bounded by timeouts
+/// (written here rather than pulling an HTTP client into xtask for two
+/// callers that read a loopback endpoint the project itself serves).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    use std::time::Duration;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)
+        .with_context(|| format!("read {path}"))?;
+    let (head, body) = buf.split_once("\r\n\r\n").context("not an HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
 }

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::cmd::{is_root, root, sh};
+use crate::cmd::{http_get, is_root, root, sh};
 
 /// The agent's port (forkwatch's default) and Prometheus'.
 const AGENT_ADDR: &str = "127.0.0.1:9867";
@@ -29,6 +29,11 @@ struct Running {
 }
 
 impl Running {
+    /// `Some(status)` once it has exited on its own.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGTERM, then SIGKILL after 5 s; always reaped.
     fn stop(mut self) {
         let pid = self.child.id() as i32;
@@ -84,7 +89,7 @@ pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
     eprintln!("demo: {line} (--reap once --child-closes-listener no)");
 
     let server_pid = server.id().to_string();
-    let agent = Running {
+    let mut agent = Running {
         name: "forkwatch",
         child: Command::new(bin("forkwatch"))
             .args(["--log-format", "text", "run", "--pid", &server_pid])
@@ -92,7 +97,7 @@ pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
             .spawn()
             .context("start forkwatch")?,
     };
-    let server = Running {
+    let mut server = Running {
         name: "forkserver",
         child: server,
     };
@@ -116,7 +121,7 @@ pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
 
     // One connection held open the whole time: its child keeps the
     // listening socket (a leak) for as long as it lives.
-    let held = Running {
+    let mut held = Running {
         name: "held connection",
         child: Command::new(bin("forkserver"))
             .args([
@@ -135,7 +140,19 @@ pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let mut next_burst = Instant::now();
+    // A helper that dies ends the demo with its name: a demo that goes on
+    // without its server, agent or held connection shows nothing true.
+    let mut died = None;
     while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < d) {
+        if let Some((name, status)) = [&mut server, &mut agent, &mut held]
+            .into_iter()
+            .find_map(|r| Some((r.name, r.exited()?)))
+        {
+            died = Some(format!(
+                "{name} exited on its own ({status}); see its message above"
+            ));
+            break;
+        }
         if Instant::now() >= next_burst {
             // Bounded: a burst has its own timeouts.
             let _ = Command::new(bin("forkserver"))
@@ -156,11 +173,50 @@ pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     eprintln!("\ndemo: stopping");
+    let summary = summarize(started.elapsed());
     held.stop();
     agent.stop();
     server.stop();
     if let Some(p) = prometheus {
         p.stop();
+    }
+    if let Some(why) = died {
+        bail!("{why}");
+    }
+    summary
+}
+
+/// What forkwatch raised during the demo, by kind, from its /findings.
+/// After long enough for every bug of the demo to show (the first burst's
+/// zombies pass `--zombie-after` 2 s at about 3 s), a kind missing is an
+/// error: the server has that bug, so forkwatch must have said so.
+fn summarize(ran: Duration) -> anyhow::Result<()> {
+    const EXPECTED: [&str; 3] = ["unreaped_child", "leaked_listen_fd", "sigchld_coalesced"];
+    let body = http_get(AGENT_ADDR.parse()?, "/findings").context("read forkwatch's /findings")?;
+    let findings: serde_json::Value = serde_json::from_str(&body).context("/findings JSON")?;
+    let count = |state: &str, kind: &str| {
+        findings[state]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|f| f["kind"] == kind).count())
+    };
+    eprintln!("demo: forkwatch's findings ({:.0} s):", ran.as_secs_f64());
+    for kind in EXPECTED {
+        eprintln!(
+            "demo:   {kind:<18} {} open, {} resolved",
+            count("open", kind),
+            count("resolved", kind)
+        );
+    }
+    let missing: Vec<&str> = EXPECTED
+        .into_iter()
+        .filter(|k| count("open", k) + count("resolved", k) == 0)
+        .collect();
+    if ran >= Duration::from_secs(8) && !missing.is_empty() {
+        bail!(
+            "forkwatch raised no {} finding in {:.0} s although the demo's server has that bug",
+            missing.join(", no "),
+            ran.as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -364,23 +364,11 @@ pub struct ReaperArgs {
     pub command: Vec<String>,
 }
 
-/// Parses `300ms`, `2s`, `1.5s`, `1m`, `250us`.
+/// Parses `300ms`, `2s`, `1m`, `1h`, `1s 500ms` (humantime, as the agent's
+/// `--zombie-after` does, so one spelling works for both programs).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{s:?}: missing unit (us, ms, s or m)"))?;
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?}: bad number {number:?}"))?;
-    let seconds = match unit {
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (us, ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 300ms, 2s or 1m: {e}"))
 }
 
 /// Parses `KILL`, `SIGKILL`, `kill` or `9`; refuses signals whose default
@@ -431,10 +419,12 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1s 500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -9,9 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
-
 use super::proc::{Line, Out, Proc, cpu_seconds, status_kib};
+use crate::cmd::http_get;
 
 pub struct Agent {
     pub proc: Proc,
@@ -154,25 +153,4 @@ impl Metrics {
     pub fn sum(&self, name: &str) -> f64 {
         self.get(name, &[])
     }
-}
-
-/// A minimal HTTP/1.1 GET of the agent's endpoint (bounded by timeouts).
-pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connect to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)
-        .with_context(|| format!("read {path}"))?;
-    let (head, body) = buf.split_once("\r\n\r\n").context("not an HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
 }
