@@ -378,6 +378,19 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     body.to_string()
 }
 
+/// Set by the kernel matrix's guests (qemu under TCG, no KVM), where
+/// everything runs ten to fifty times slower: storms shrink there and
+/// deadlines grow (see [`deadline`]); what the tests assert stays the same.
+pub fn emulated() -> bool {
+    std::env::var_os("FORKWATCH_TEST_EMULATED").is_some()
+}
+
+/// A deadline for work whose speed is the machine's, stretched tenfold
+/// under emulation.
+pub fn deadline(d: Duration) -> Duration {
+    if emulated() { d * 10 } else { d }
+}
+
 /// Polls until `f` returns `Some`, like [`wait_for`], but returns `None`
 /// on timeout instead of panicking (for "converges to equal" checks that
 /// report their own mismatch).
