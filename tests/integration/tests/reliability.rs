@@ -127,20 +127,42 @@ fn graceful_shutdown_exits_zero_and_detaches() {
     }
 }
 
+/// `forkstorm FORKS MODE`, started and ready: it forks only when told, so
+/// that the agent can be attached to it first.
+fn storm_ready(forks: &str, mode: &str) -> Proc {
+    let mut cmd = Command::new(bin("forkstorm"));
+    cmd.args([forks, mode]).stdin(Stdio::piped());
+    let storm = Proc::spawn(cmd);
+    storm.wait_stdout(Duration::from_secs(5), "storm ready", |l| {
+        (l == "ready").then_some(())
+    });
+    storm
+}
+
+/// Lets the storm fork, and waits until it has (`limit` is stretched
+/// under emulation).
+fn storm_run(storm: &mut Proc, limit: Duration) {
+    storm
+        .child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    storm.wait_stdout(deadline(limit), "storm done", |l| {
+        l.starts_with("done").then_some(())
+    });
+}
+
 #[test]
 fn ring_buffer_overflow_is_counted_and_reconciled() {
     require_root();
     let _serial = serial();
-    let mut cmd = Command::new(bin("forkstorm"));
     // Under emulation a 20 000-fork storm takes many minutes, and the
     // agent may keep up with a slow storm: there it gets 2000 forks and is
     // frozen (SIGSTOP) while they run, so the ring overflows for sure.
     let forks = if emulated() { "2000" } else { "20000" };
-    cmd.args([forks, "reap"]).stdin(Stdio::piped());
-    let mut storm = Proc::spawn(cmd);
-    storm.wait_stdout(Duration::from_secs(5), "storm ready", |l| {
-        (l == "ready").then_some(())
-    });
+    let mut storm = storm_ready(forks, "reap");
     // The smallest ring buffer (one page) cannot hold the storm.
     let agent = Agent::start(&[
         "--pid",
@@ -152,16 +174,7 @@ fn ring_buffer_overflow_is_counted_and_reconciled() {
     if emulated() {
         nix::sys::signal::kill(agent_pid, Signal::SIGSTOP).unwrap();
     }
-    storm
-        .child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"go\n")
-        .unwrap();
-    storm.wait_stdout(deadline(Duration::from_secs(120)), "storm done", |l| {
-        l.starts_with("done").then_some(())
-    });
+    storm_run(&mut storm, Duration::from_secs(120));
     if emulated() {
         nix::sys::signal::kill(agent_pid, Signal::SIGCONT).unwrap();
     }
@@ -199,12 +212,7 @@ fn ring_buffer_overflow_is_counted_and_reconciled() {
 fn memory_stays_under_the_process_cap() {
     require_root();
     let _serial = serial();
-    let mut cmd = Command::new(bin("forkstorm"));
-    cmd.args(["3000", "keep"]).stdin(Stdio::piped());
-    let mut storm = Proc::spawn(cmd);
-    storm.wait_stdout(Duration::from_secs(5), "storm ready", |l| {
-        (l == "ready").then_some(())
-    });
+    let mut storm = storm_ready("3000", "keep");
     let agent = Agent::start(&[
         "--pid",
         &storm.pid().to_string(),
@@ -215,16 +223,7 @@ fn memory_stays_under_the_process_cap() {
         "--max-open-findings",
         "500",
     ]);
-    storm
-        .child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"go\n")
-        .unwrap();
-    storm.wait_stdout(deadline(Duration::from_secs(60)), "storm done", |l| {
-        l.starts_with("done").then_some(())
-    });
+    storm_run(&mut storm, Duration::from_secs(60));
     let m = poll(deadline(Duration::from_secs(10)), || {
         let m = agent.get("/metrics");
         (metric_value(&m, "forkwatch_limit_reached_total{limit=\"findings\"}") > 0.0).then_some(m)
