@@ -29,7 +29,7 @@ fn loop_secs(ctx: &Ctx) -> f64 {
 }
 
 /// Starts `n` fork loops waiting for "go".
-fn start_loops(ctx: &Ctx, n: usize, args: &[String]) -> anyhow::Result<Vec<Proc>> {
+pub fn start_loops(ctx: &Ctx, n: usize, args: &[String]) -> anyhow::Result<Vec<Proc>> {
     let mut v = Vec::new();
     for _ in 0..n {
         let mut p = Proc::spawn(

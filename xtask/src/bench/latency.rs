@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::{
     Ctx, Goal, Section,
     agent::{Agent, parse_finding_line},
+    capacity::start_loops,
     pause,
     proc::{Out, Proc},
     stats::{Summary, cell, percentile, summary_json},
@@ -74,25 +75,8 @@ const LOAD_RATE: u32 = 2000;
 fn one_rep(ctx: &Ctx, n: usize, load: bool) -> anyhow::Result<(Samples, Samples)> {
     // Under load: the same agent also tracks a fork loop.
     let mut forkloop = if load {
-        let mut p = Proc::spawn(
-            "forkloop",
-            Command::new(ctx.bin("forkloop")).args([
-                "--wait-go",
-                "--rate",
-                &LOAD_RATE.to_string(),
-                "--duration",
-                "600",
-            ]),
-            true,
-        )?;
-        p.wait_line(
-            Out::Stdout,
-            0,
-            Duration::from_secs(10),
-            "forkloop ready",
-            |l| l.text.strip_prefix("ready ").map(|_| ()),
-        )?;
-        Some(p)
+        let args = ["--rate", &LOAD_RATE.to_string(), "--duration", "600"].map(String::from);
+        start_loops(ctx, 1, &args)?.pop()
     } else {
         None
     };
