@@ -378,6 +378,48 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     body.to_string()
 }
 
+/// Waits until /proc shows `want` processes and the agent's open findings
+/// of `kind` name exactly them (/proc read before and after the agent, to
+/// be sure it did not change in between); panics with both sides otherwise.
+/// `want: None` accepts any non-empty agreement.
+pub fn agrees_with_proc(
+    agent: &Agent,
+    kind: &str,
+    truth: impl Fn() -> Vec<u32>,
+    want: Option<usize>,
+) -> Vec<u32> {
+    poll(Duration::from_secs(8), || {
+        let before = truth();
+        let got = agent.open_pids(kind);
+        let after = truth();
+        let enough = want.map_or(!before.is_empty(), |n| before.len() == n);
+        (enough && before == after && got == before).then_some(got)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "open {kind} findings {:?} != /proc {:?}\n{}",
+            agent.open_pids(kind),
+            truth(),
+            serde_json::to_string_pretty(&agent.findings()).unwrap()
+        )
+    })
+}
+
+/// Zombie children of `pid`, as /proc shows them.
+pub fn zombies_of(pid: u32) -> impl Fn() -> Vec<u32> {
+    move || procfs::zombie_children(pid)
+}
+
+/// Children of `pid` holding the listening socket with `inode`.
+pub fn holders(pid: u32, inode: u64) -> impl Fn() -> Vec<u32> {
+    move || {
+        procfs::children(pid)
+            .into_iter()
+            .filter(|&c| procfs::socket_inodes(c).contains(&inode))
+            .collect()
+    }
+}
+
 /// Set by the kernel matrix's guests (qemu under TCG, no KVM), where
 /// everything runs ten to fifty times slower: storms shrink there and
 /// deadlines grow (see [`deadline`]); what the tests assert stays the same.

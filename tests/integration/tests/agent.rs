@@ -1,51 +1,13 @@
 //! `forkwatch run` against the real fork server in each faulty mode: what
 //! /findings and /metrics say must equal what /proc says at the same moment.
 
-use std::{process::Command, time::Duration};
+use std::{io::Write as _, process::Command, time::Duration};
 
-use forkwatch_integration::{Agent, Server, bin, poll, procfs, require_root, serial};
+use forkwatch_integration::{
+    Agent, Proc, Server, agrees_with_proc, bin, holders, poll, procfs, require_root, serial,
+    zombies_of,
+};
 use serde_json::Value;
-
-/// Waits until /proc shows `want` processes and the agent's open findings
-/// of `kind` name exactly them (/proc read before and after the agent, to
-/// be sure it did not change in between); panics with both sides otherwise.
-/// `want: None` accepts any non-empty agreement.
-fn agrees_with_proc(
-    agent: &Agent,
-    kind: &str,
-    truth: impl Fn() -> Vec<u32>,
-    want: Option<usize>,
-) -> Vec<u32> {
-    poll(Duration::from_secs(8), || {
-        let before = truth();
-        let got = agent.open_pids(kind);
-        let after = truth();
-        let enough = want.map_or(!before.is_empty(), |n| before.len() == n);
-        (enough && before == after && got == before).then_some(got)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "open {kind} findings {:?} != /proc {:?}\n{}",
-            agent.open_pids(kind),
-            truth(),
-            serde_json::to_string_pretty(&agent.findings()).unwrap()
-        )
-    })
-}
-
-fn zombies_of(pid: u32) -> impl Fn() -> Vec<u32> {
-    move || procfs::zombie_children(pid)
-}
-
-/// Children of `pid` holding the listening socket with `inode`.
-fn holders(pid: u32, inode: u64) -> impl Fn() -> Vec<u32> {
-    move || {
-        procfs::children(pid)
-            .into_iter()
-            .filter(|&c| procfs::socket_inodes(c).contains(&inode))
-            .collect()
-    }
-}
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
@@ -530,4 +492,49 @@ fn a_cgroup_target_follows_processes_found_and_started_in_it() {
     }
     drop(before);
     drop(after);
+}
+
+/// A server it did not bundle: a shell script that starts a job and execs
+/// another program (`sh -c 'job & exec sleep 30'`). The job's zombie
+/// belongs to `sleep` now, which never waits: the finding must say that the
+/// parent exec'd a program that does not wait, and resolve when `sleep`
+/// dies and init reaps the zombie.
+#[test]
+fn a_parent_that_execs_a_program_that_never_waits() {
+    require_root();
+    let _serial = serial();
+    let mut cmd = Command::new("sh");
+    // `read` holds the script until the agent watches it.
+    cmd.args(["-c", "read go; true & exec sleep 30"])
+        .stdin(std::process::Stdio::piped());
+    let mut script = Proc::spawn(cmd);
+    let pid = script.pid();
+    let agent = Agent::start(&["--pid", &pid.to_string(), "--zombie-after", "500ms"]);
+    script
+        .child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let zombies = agrees_with_proc(&agent, "unreaped_child", zombies_of(pid), Some(1));
+    assert_eq!(
+        procfs::comm(pid).as_deref(),
+        Some("sleep"),
+        "the script exec'd"
+    );
+    let f = &agent.open("unreaped_child")[0];
+    assert_eq!(u(&f["ppid"]), u64::from(pid));
+    assert_eq!(f["evidence"]["cause"], "parent_execed", "{f:#}");
+    assert!(
+        f["evidence"]["program"].as_str().unwrap().contains("sleep"),
+        "{f:#}"
+    );
+    // sleep dies: the zombie goes to init, which reaps it.
+    script.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    poll(Duration::from_secs(10), || {
+        (!procfs::is_zombie(zombies[0]) && agent.open_pids("unreaped_child").is_empty())
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("still open: {:#}", agent.findings()));
 }
