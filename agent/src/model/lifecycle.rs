@@ -407,6 +407,10 @@ impl Model {
     }
 
     fn flag_zombie(&mut self, pid: u32, now: u64, view: &dyn ProcView) {
+        let Some(ppid) = self.procs.get(&pid).map(|p| p.ppid) else {
+            return;
+        };
+        self.refresh_comm(ppid, view);
         let Some(p) = self.procs.get(&pid) else {
             return;
         };
@@ -462,6 +466,22 @@ impl Model {
         self.open(key, finding);
     }
 
+    /// Takes `pid`'s name from /proc, where the process is still the one
+    /// the model knows: a program may rename itself after exec (prctl
+    /// PR_SET_NAME), as busybox's applets run through /proc/self/exe do.
+    fn refresh_comm(&mut self, pid: u32, view: &dyn ProcView) {
+        let Some(s) = view.stat(pid) else {
+            return;
+        };
+        let same = self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| self.same_start(p.start_ns, s.start_ns));
+        if let (true, Some(p)) = (same, self.procs.get_mut(&pid)) {
+            p.comm = s.comm;
+        }
+    }
+
     /// The most likely reason `p` is not reaped by `parent`.
     fn unreaped_cause(&self, p: &Process, parent: Option<&Process>) -> UnreapedCause {
         let Some(parent) = parent else {
@@ -484,10 +504,7 @@ impl Model {
         };
         if forked_before_exec && parent.waits_since_exec == 0 {
             return UnreapedCause::ParentExeced {
-                program: parent
-                    .program
-                    .clone()
-                    .unwrap_or_else(|| parent.comm.clone()),
+                program: parent.program_name(),
             };
         }
         if parent.waits == 0 {

@@ -237,7 +237,7 @@ impl Model {
             .map(u32::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        let program = p.program.clone().unwrap_or_else(|| p.comm.clone());
+        let program = p.program_name();
         let across_exec = held.how == Obtained::Exec;
         let (kind, summary, remedy) = if across_exec {
             (

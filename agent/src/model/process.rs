@@ -95,6 +95,24 @@ pub struct Process {
 }
 
 impl Process {
+    /// The program it runs, as findings name it: the path of its last exec,
+    /// except when that path names a file descriptor or a /proc link rather
+    /// than a program (busybox's shell runs its applets through
+    /// /proc/self/exe; fexecve() shows /dev/fd/N), or no exec was seen:
+    /// then its comm.
+    pub fn program_name(&self) -> String {
+        match self.program.as_deref() {
+            Some(path)
+                if !path.is_empty()
+                    && !path.starts_with("/proc/")
+                    && !path.starts_with("/dev/fd/") =>
+            {
+                path.to_string()
+            }
+            _ => self.comm.clone(),
+        }
+    }
+
     pub fn new(pid: u32, start_ns: u64, server: u32, ppid: u32, comm: String) -> Self {
         Self {
             pid,

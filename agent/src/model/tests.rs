@@ -460,6 +460,43 @@ fn a_parent_that_execs_a_non_waiter_is_named() {
 }
 
 #[test]
+fn a_program_exec_d_through_a_proc_link_is_named_by_its_comm() {
+    // busybox sh runs `exec sleep` as /proc/self/exe (the kernel names it
+    // "exe"), and the applet renames itself "sleep" with prctl.
+    let mut m = with_server(100);
+    let mut view = FakeProc::default();
+    m.apply(&fork(MS, 100, 101));
+    m.apply(&ev(
+        2 * MS,
+        100,
+        Body::Exec {
+            old_tid: 100,
+            new_target: false,
+            start_ns: start(100),
+            ppid: 1,
+            comm: "exe".into(),
+            filename: "/proc/self/exe".into(),
+            filename_truncated: false,
+        },
+    ));
+    m.apply(&exit(3 * MS, 101, 100, 0));
+    view.set(101, 'Z', 100, start(101));
+    view.set(100, 'S', 1, start(100));
+    view.stats.get_mut(&100).unwrap().comm = "sleep".into();
+    m.tick(3 * S, &view);
+    let f = m.findings().open_findings().next().expect("flagged");
+    let Evidence::Unreaped { cause, .. } = &f.evidence else {
+        panic!("{f:?}")
+    };
+    assert_eq!(
+        *cause,
+        UnreapedCause::ParentExeced {
+            program: "sleep".into()
+        }
+    );
+}
+
+#[test]
 fn orphans_go_to_the_subreaper_and_are_reaped_by_it() {
     let mut m = with_server(50);
     let mut view = FakeProc::default();
