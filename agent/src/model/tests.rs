@@ -424,11 +424,11 @@ fn threads_are_not_processes() {
     assert_eq!(exits, 1);
 }
 
-#[test]
-fn a_parent_that_execs_a_non_waiter_is_named() {
-    // sh -c 'child & exec other'
+/// `sh -c 'child & exec other'`: server 100 forks 101, execs `filename`
+/// (the kernel naming it `comm`), and 101 exits and stays a zombie; the
+/// unreaped cause flagged once /proc (`view`, told of the zombie) agrees.
+fn exec_leaving_a_zombie(comm: &str, filename: &str, mut view: FakeProc) -> UnreapedCause {
     let mut m = with_server(100);
-    let mut view = FakeProc::default();
     m.apply(&fork(MS, 100, 101));
     m.apply(&ev(
         2 * MS,
@@ -438,8 +438,8 @@ fn a_parent_that_execs_a_non_waiter_is_named() {
             new_target: false,
             start_ns: start(100),
             ppid: 1,
-            comm: "sleep".into(),
-            filename: "/bin/sleep".into(),
+            comm: comm.into(),
+            filename: filename.into(),
             filename_truncated: false,
         },
     ));
@@ -447,14 +447,25 @@ fn a_parent_that_execs_a_non_waiter_is_named() {
     view.set(101, 'Z', 100, start(101));
     m.tick(3 * S, &view);
     let f = m.findings().open_findings().next().expect("flagged");
+    let Evidence::Unreaped {
+        status,
+        exited_ns,
+        cause,
+    } = &f.evidence
+    else {
+        panic!("{f:?}")
+    };
+    assert_eq!(*status, Some(ExitStatus::Exited { code: 0 }));
+    assert_eq!(*exited_ns, Some(3 * MS));
+    cause.clone()
+}
+
+#[test]
+fn a_parent_that_execs_a_non_waiter_is_named() {
     assert_eq!(
-        f.evidence,
-        Evidence::Unreaped {
-            status: Some(ExitStatus::Exited { code: 0 }),
-            exited_ns: Some(3 * MS),
-            cause: UnreapedCause::ParentExeced {
-                program: "/bin/sleep".into()
-            },
+        exec_leaving_a_zombie("sleep", "/bin/sleep", FakeProc::default()),
+        UnreapedCause::ParentExeced {
+            program: "/bin/sleep".into()
         }
     );
 }
@@ -462,34 +473,12 @@ fn a_parent_that_execs_a_non_waiter_is_named() {
 #[test]
 fn a_program_exec_d_through_a_proc_link_is_named_by_its_comm() {
     // busybox sh runs `exec sleep` as /proc/self/exe (the kernel names it
-    // "exe"), and the applet renames itself "sleep" with prctl.
-    let mut m = with_server(100);
+    // "exe"), and the applet renames itself "sleep" with prctl: /proc says.
     let mut view = FakeProc::default();
-    m.apply(&fork(MS, 100, 101));
-    m.apply(&ev(
-        2 * MS,
-        100,
-        Body::Exec {
-            old_tid: 100,
-            new_target: false,
-            start_ns: start(100),
-            ppid: 1,
-            comm: "exe".into(),
-            filename: "/proc/self/exe".into(),
-            filename_truncated: false,
-        },
-    ));
-    m.apply(&exit(3 * MS, 101, 100, 0));
-    view.set(101, 'Z', 100, start(101));
     view.set(100, 'S', 1, start(100));
     view.stats.get_mut(&100).unwrap().comm = "sleep".into();
-    m.tick(3 * S, &view);
-    let f = m.findings().open_findings().next().expect("flagged");
-    let Evidence::Unreaped { cause, .. } = &f.evidence else {
-        panic!("{f:?}")
-    };
     assert_eq!(
-        *cause,
+        exec_leaving_a_zombie("exe", "/proc/self/exe", view),
         UnreapedCause::ParentExeced {
             program: "sleep".into()
         }
