@@ -428,16 +428,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         .iter()
         .filter_map(|r| r["tracer"]["events_lost"].as_f64())
         .sum();
-    let findings: Vec<String> = fw_runs
-        .iter()
-        .flat_map(|r| {
-            r["tracer"]["findings_opened"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
+    let findings = findings_opened(fw_runs);
     let _ = writeln!(
         md,
         "\nforkwatch during these runs: {} events per connection, {} wake-ups (voluntary context \
@@ -497,6 +488,19 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         goals,
         seconds: 0.0,
     })
+}
+
+/// The kinds of the findings forkwatch opened during `runs`, one per finding.
+pub fn findings_opened(runs: &[Value]) -> Vec<String> {
+    runs.iter()
+        .flat_map(|r| {
+            r["tracer"]["findings_opened"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
 }
 
 /// The findings forkwatch opened during `runs` ("none", or each with how it

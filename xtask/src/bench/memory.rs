@@ -20,7 +20,7 @@ use super::{
     Ctx, Goal, Section,
     agent::{Agent, Metrics},
     check_stop, pause,
-    proc::{Out, Proc},
+    proc::{Out, Proc, kib_field},
     stats::{cell, summary_json},
 };
 
@@ -56,19 +56,11 @@ impl Drop for PidMax {
 }
 
 fn meminfo_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .strip_prefix(':')?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+    kib_field(
+        &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+        field,
+    )
+    .unwrap_or(0)
 }
 
 fn read_u64(path: &str) -> u64 {

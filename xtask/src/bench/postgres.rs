@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{
     Ctx, Goal, Section,
-    forkserver::{Tracer, attach, describe_findings, min_of},
+    forkserver::{Tracer, attach, describe_findings, findings_opened, min_of},
     pause,
     proc::{free_port, run_capture},
     stats::{cell, median, ratios, summary_json},
@@ -247,16 +247,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     cluster.stop();
 
     let ratio = ratios(&tps[1], &tps[0]);
-    let findings: Vec<String> = runs[1]
-        .iter()
-        .flat_map(|r| {
-            r["tracer"]["findings_opened"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
+    let findings = findings_opened(&runs[1]);
     let events: Vec<f64> = runs[1]
         .iter()
         .filter_map(|r| {

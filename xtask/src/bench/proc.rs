@@ -297,8 +297,15 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// A `kB` field of /proc/PID/status (VmRSS, VmHWM), in KiB.
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| {
+    kib_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        field,
+    )
+}
+
+/// `FIELD:   123 kB` in a /proc file of such lines (status, meminfo), in KiB.
+pub fn kib_field(text: &str, field: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
         l.strip_prefix(field)?
             .strip_prefix(':')?
             .trim()
